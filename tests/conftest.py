@@ -1,0 +1,30 @@
+"""Shared test fixtures: where the bundled sample and the optional shared data live."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "data" / "sample" / "amazon2018"
+SAMPLE_CONFIG = REPO_ROOT / "configs" / "sample.yaml"
+# The wider real data set sits beside a developer's checkout; users may not have it.
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> pathlib.Path:
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_config() -> pathlib.Path:
+    return SAMPLE_CONFIG
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED_DATA
