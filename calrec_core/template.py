@@ -76,11 +76,20 @@ def encode_example(
     target_ids: list[int] = []
     if target_text is not None:
         target_ids = (encode(target_segment(target_text)) + [eos_id])[:max_target_len]
+    # Encode every segment once; dropping the oldest item then re-encodes only the
+    # prefix segments, whose text changes ("first" instead of "next").
     history = list(history_texts)
+    cache: dict[str, list[int]] = {}
+
+    def encode_cached(segment: str) -> list[int]:
+        if segment not in cache:
+            cache[segment] = encode(segment)
+        return cache[segment]
+
     while True:
         ids = [bos_id]
         for segment in segments_fn(history):
-            ids += encode(segment)
+            ids += encode_cached(segment)
         if len(ids) <= max_input_len or len(history) == 1:
             break
         history = history[1:]
