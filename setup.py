@@ -6,7 +6,14 @@ from setuptools import find_packages, setup
 
 # Each extra is what one pipeline step (one container image) needs.
 EXTRAS = {
-    "data": ["apache-beam>=2.60,<3", "pyarrow>=15", "protobuf>=4.21,<7"],
+    "data": [
+        "apache-beam>=2.60,<3",
+        "pyarrow>=15",
+        "protobuf>=4.21,<7",
+        "google-crc32c>=1.5",
+        "tabulate>=0.9",
+        "matplotlib>=3.8",
+    ],
     "model": [
         "jax>=0.7",
         "flax>=0.12",
@@ -15,8 +22,23 @@ EXTRAS = {
         "tokenizers>=0.21",
         "safetensors>=0.4",
     ],
-    "train": ["optax>=0.2.5", "orbax-checkpoint>=0.11", "pyarrow>=15"],
-    "eval": ["rank-bm25==0.2.2", "scipy>=1.11", "pyarrow>=15", "matplotlib>=3.8"],
+    "train": [
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "pyarrow>=15",
+        "protobuf>=4.21,<7",
+        "google-crc32c>=1.5",
+        "matplotlib>=3.8",
+    ],
+    "eval": [
+        "rank-bm25==0.2.2",
+        "scipy>=1.11",
+        "pyarrow>=15",
+        "pandas>=2",
+        "protobuf>=4.21,<7",
+        "google-crc32c>=1.5",
+        "matplotlib>=3.8",
+    ],
     "pipelines": ["kfp>=2.13,<3", "google-cloud-aiplatform>=1.90", "google-cloud-storage>=2.18"],
     "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "transformers>=5", "torch>=2.13"],
 }

@@ -1,0 +1,167 @@
+"""Parsing one raw Amazon Review 2018 line (review or metadata) into a small record.
+
+Reviews and metadata are JSON lines as published; some published metadata files hold
+Python-literal lines (single quotes), read with ``ast.literal_eval`` (never ``eval``). A line
+that cannot be used raises ``BadLine`` with a short reason that becomes a dead-letter record.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import re
+from typing import NamedTuple
+
+from calrec_core.item_text import ItemAttributes, clean_text, make_attributes
+
+
+class BadLine(ValueError):
+    """A raw line that cannot become a record; ``reason`` is a short snake_case tag."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Review(NamedTuple):
+    """The fields of one review that sequencing and strict dedup need."""
+
+    user_id: str  # reviewerID.
+    asin: str  # Item id.
+    timestamp: int  # unixReviewTime (seconds).
+    rating: float  # overall.
+    text_digest: bytes  # blake2b-128 of reviewText: dedup compares texts without holding them.
+    line: int  # 1-based line in the review file; breaks timestamp ties in file order.
+
+
+def decode_line(raw: bytes) -> str:
+    """UTF-8 text of a line without its line ending; blank or non-UTF-8 lines are bad."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadLine("not_utf8") from None
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        raise BadLine("blank_line")
+    return text
+
+
+def _required_string(row: dict, field: str) -> str:
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise BadLine(f"missing_{field}")
+    if not isinstance(value, str):
+        raise BadLine(f"bad_{field}")
+    return value
+
+
+def _timestamp(row: dict) -> int:
+    value = row.get("unixReviewTime")
+    if value is None:
+        raise BadLine("missing_unixReviewTime")
+    if isinstance(value, bool):
+        raise BadLine("bad_unixReviewTime")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise BadLine("bad_unixReviewTime")
+
+
+def _rating(row: dict) -> float:
+    value = row.get("overall")
+    if value is None:
+        raise BadLine("missing_overall")
+    if isinstance(value, bool):
+        raise BadLine("non_numeric_overall")
+    try:
+        rating = float(value)
+    except (TypeError, ValueError):
+        raise BadLine("non_numeric_overall") from None
+    if not math.isfinite(rating):
+        raise BadLine("non_numeric_overall")
+    return rating
+
+
+def parse_review(raw: bytes, line: int) -> Review:
+    """One review line -> ``Review``; raises ``BadLine`` naming what is wrong."""
+    text = decode_line(raw)
+    try:
+        row = json.loads(text)
+    except ValueError:
+        raise BadLine("malformed_json") from None
+    if not isinstance(row, dict):
+        raise BadLine("not_an_object")
+    review_text = row.get("reviewText")
+    review_text = "" if review_text is None else str(review_text)
+    return Review(
+        user_id=_required_string(row, "reviewerID"),
+        asin=_required_string(row, "asin"),
+        timestamp=_timestamp(row),
+        rating=_rating(row),
+        text_digest=hashlib.blake2b(review_text.encode("utf-8"), digest_size=16).digest(),
+        line=line,
+    )
+
+
+def _load_meta_row(text: str) -> dict:
+    try:
+        row = json.loads(text)
+    except ValueError:
+        # Some published metadata files are Python literals: {'asin': '...', ...}.
+        try:
+            row = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            raise BadLine("malformed_record") from None
+    if not isinstance(row, dict):
+        raise BadLine("not_an_object")
+    return row
+
+
+_IMG_ALT = re.compile(r"<img[^>]*\balt\s*=\s*(['\"])(?P<alt>.*?)\1", re.IGNORECASE | re.DOTALL)
+
+
+def _clean_main_cat(value: object) -> str:
+    """main_cat, where a few rows hold an HTML img tag whose alt text names the category."""
+    if not isinstance(value, str):
+        return ""
+    match = _IMG_ALT.search(value)
+    return clean_text(match["alt"]) if match else clean_text(value)
+
+
+def item_category(row: dict) -> str:
+    """``main_cat`` when usable, else the most specific (last) non-empty ``category`` entry."""
+    main_cat = _clean_main_cat(row.get("main_cat"))
+    if main_cat:
+        return main_cat
+    categories = row.get("category")
+    if isinstance(categories, str):
+        categories = [categories]
+    if isinstance(categories, (list, tuple)):
+        for entry in reversed(categories):
+            cleaned = clean_text(entry)
+            if cleaned:
+                return cleaned
+    return ""
+
+
+def parse_meta(raw: bytes) -> tuple[str, ItemAttributes]:
+    """One metadata line -> (asin, attributes); raises ``BadLine``."""
+    row = _load_meta_row(decode_line(raw))
+    asin = _required_string(row, "asin")
+    attributes = make_attributes(
+        title=row.get("title"),
+        category=item_category(row),
+        brand=row.get("brand"),
+        price=row.get("price"),
+    )
+    return asin, attributes
+
+
+def preview(raw: bytes, limit: int = 200) -> str:
+    """A short, always-printable excerpt of a bad line for its dead-letter record."""
+    return raw[:limit].decode("utf-8", errors="backslashreplace").rstrip("\r\n")

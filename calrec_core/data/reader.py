@@ -1,0 +1,81 @@
+"""Reads what ``calrec ingest`` wrote: examples, item corpus, mixture and statistics.
+
+Only the standard library, protobuf and (for the corpus) pandas/pyarrow are needed, so the
+training and evaluation images read the data without Apache Beam.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from calrec_core.data.records import SHARD_PATTERN, SPLITS, decode_example, iter_records
+
+STATS_FILE = "stats.json"
+MIXTURE_FILE = "mixture.json"
+CORPUS_FILE = "corpus.parquet"
+CORPUS_COLUMNS = ("asin", "title", "category", "brand", "price", "text")
+
+
+def shard_paths(data_dir, category: str, split: str) -> list[pathlib.Path]:
+    """The complete, ordered shard list of one split; raises when shards are missing."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    folder = pathlib.Path(data_dir) / category
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no ingested category folder {folder}")
+    shards = {}
+    for path in folder.glob(f"{split}-*.tfrecord"):
+        match = SHARD_PATTERN.match(path.name)
+        if match and match["split"] == split:
+            shards[path.name] = (int(match["index"]), int(match["count"]), path)
+    if not shards:
+        raise FileNotFoundError(f"no {split} shards in {folder}")
+    counts = {count for _, count, _ in shards.values()}
+    indices = sorted(index for index, _, _ in shards.values())
+    if len(counts) != 1 or indices != list(range(counts.pop())):
+        raise ValueError(f"incomplete or mixed {split} shard set in {folder}: {sorted(shards)}")
+    return [path for _, _, path in sorted(shards.values())]
+
+
+def iter_split(data_dir, category: str, split: str):
+    """Yields decoded examples shard by shard (file order, not sorted)."""
+    for path in shard_paths(data_dir, category, split):
+        with open(path, "rb") as stream:
+            for record in iter_records(stream):
+                yield decode_example(record)
+
+
+def read_examples(data_dir, category: str, split: str) -> list[dict]:
+    """All examples of one category/split, sorted by user_id (deterministic)."""
+    return sorted(iter_split(data_dir, category, split), key=lambda example: example["user_id"])
+
+
+def has_split(data_dir, category: str, split: str) -> bool:
+    return any((pathlib.Path(data_dir) / category).glob(f"{split}-*-of-*.tfrecord"))
+
+
+def load_corpus(data_dir, category: str):
+    """The category's item corpus as a DataFrame (asin, title, category, brand, price, text)."""
+    import pandas as pd
+
+    path = pathlib.Path(data_dir) / category / CORPUS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no corpus at {path}")
+    return pd.read_parquet(path).reset_index(drop=True)
+
+
+def _load_json(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `calrec ingest` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_mixture(data_dir) -> dict:
+    """``{"exponent": 0.3, "weights": {cat: w}, "users": {cat: n}}`` for Stage I sampling."""
+    return _load_json(pathlib.Path(data_dir) / MIXTURE_FILE)
+
+
+def load_stats(data_dir) -> dict:
+    """The ingestion statistics (see ``calrec_core.data.stats``)."""
+    return _load_json(pathlib.Path(data_dir) / STATS_FILE)

@@ -1,0 +1,57 @@
+"""A user's events -> chronological, strictly deduplicated sequence -> per-role splits.
+
+Pure functions, shared by the Beam transforms and by tests' independent references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from calrec_core.data.raw import Review
+
+
+def chronological(events: Iterable[Review]) -> list[Review]:
+    """Sorted by unixReviewTime; ties keep file order (line), so any runner agrees."""
+    return sorted(events, key=lambda event: (event.timestamp, event.line))
+
+
+def _dedup_key(event: Review) -> tuple:
+    return (event.asin, event.text_digest, event.rating, event.timestamp)
+
+
+def strict_dedup(events: Sequence[Review]) -> tuple[list[Review], int]:
+    """Drops an event equal to the previous kept one in asin, reviewText, overall and time.
+
+    CALRec §4: repeats that differ in any of the four (e.g. a later re-purchase) stay.
+    Returns (kept events, number dropped).
+    """
+    kept: list[Review] = []
+    for event in events:
+        if kept and _dedup_key(kept[-1]) == _dedup_key(event):
+            continue
+        kept.append(event)
+    return kept, len(events) - len(kept)
+
+
+def user_is_sampled(seed: int, category: str, user_id: str, rate: float) -> bool:
+    """Hash-based user sampling: the same (seed, category, user) always gives the same answer."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(f"{seed}\x1f{category}\x1f{user_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64 < rate
+
+
+def split_by_role(events: Sequence, role: str) -> dict[str, list]:
+    """The prefix of the sequence each split of a role sees (target = last element).
+
+    pretrain: train = all n; validation: train = 1..n-1, valid = 1..n;
+    eval: train = 1..n-2, valid = 1..n-1 (target n-1), test = 1..n (target n).
+    """
+    n = len(events)
+    prefixes = {
+        "pretrain": {"train": n},
+        "validation": {"train": n - 1, "valid": n},
+        "eval": {"train": n - 2, "valid": n - 1, "test": n},
+    }[role]
+    return {split: list(events[:length]) for split, length in prefixes.items()}
