@@ -9,6 +9,7 @@ EXTRAS = {
     "data": [
         "apache-beam>=2.60,<3",
         "pyarrow>=15",
+        "pandas>=2",
         "protobuf>=4.21,<7",
         "google-crc32c>=1.5",
         "tabulate>=0.9",
