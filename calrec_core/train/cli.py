@@ -1,0 +1,87 @@
+"""``calrec train`` (Stage I / Stage II) and ``calrec plot-losses``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from calrec_core.train.config import TrainConfig
+
+    try:
+        config = TrainConfig.preset(args.preset).with_overrides(args.set or [])
+    except ValueError as error:
+        print(f"calrec train: {error}", file=sys.stderr)
+        return 2
+    if args.stage == 2 and not args.category:
+        print("calrec train: --stage 2 needs --category", file=sys.stderr)
+        return 2
+    if args.stage == 1 and (args.category or args.init):
+        print("calrec train: --category and --init belong to --stage 2", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("calrec_core").setLevel(logging.INFO)
+    if args.compilation_cache:
+        import jax
+
+        # Stages run as separate processes compile the same step; the cache compiles it once.
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    from calrec_core.train.stages import run_stage1, run_stage2
+
+    try:
+        if args.stage == 1:
+            result = run_stage1(args.data, args.output, config)
+        else:
+            # --init none: the "w/o Stage I" ablation (Stage II from the pretrained weights).
+            init = None if args.init in (None, "none") else args.init
+            result = run_stage2(args.data, args.category, init, args.output, config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"calrec train: {error}", file=sys.stderr)
+        return 1
+    summary = dataclasses.asdict(result)
+    summary["history"] = list(summary["history"])
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _plot_losses(args: argparse.Namespace) -> int:
+    from calrec_core.train.metrics import plot_losses
+
+    try:
+        path = plot_losses(args.run_dirs, args.output, args.labels)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"calrec plot-losses: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="fine-tune CALRec: Stage I (all categories) or Stage II (one category)",
+        description="Resumable: rerun the same command to continue from the newest checkpoint "
+        "in --output. The selected model is exported to OUTPUT/selected.",
+    )
+    train.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    train.add_argument("--data", required=True, help="ingested data folder (calrec ingest)")
+    train.add_argument("--output", required=True, help="run folder")
+    train.add_argument("--preset", default="demo", help="tiny, demo or paper (default demo)")
+    train.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="override a TrainConfig field, e.g. --set alpha=0 --set beta=0")
+    train.add_argument("--category", help="Stage II: the eval category to fine-tune on")
+    train.add_argument("--init", help="Stage II: exported Stage I model folder (OUTPUT/selected "
+                       "of Stage I), or 'none' for the pretrained weights")
+    train.add_argument("--compilation-cache", metavar="DIR",
+                       help="persistent JAX compilation cache shared by runs (optional)")
+    train.set_defaults(handler=_train)
+
+    plot = subparsers.add_parser("plot-losses", help="plot L_NIG and L_TT curves of runs")
+    plot.add_argument("run_dirs", nargs="+", help="run folders (with metrics.jsonl)")
+    plot.add_argument("--output", required=True, help="PNG to write")
+    plot.add_argument("--labels", nargs="+", help="one legend label per run folder")
+    plot.set_defaults(handler=_plot_losses)

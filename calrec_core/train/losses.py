@@ -1,0 +1,72 @@
+"""CALRec's training objective (§3.4): L_NIG (Eq. 1), L_TT and L_UT (Eqs. 2-3), their mix (Eq. 4).
+
+All reductions run in float32 whatever the compute dtype of the network.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_COSINE_EPS = 1e-8
+
+
+def masked_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``hidden`` over the positions where ``mask`` is true; padding never enters.
+
+    hidden (B, T, D), mask (B, T) -> (B, D). A row without any true position gives zeros.
+    """
+    weights = mask.astype(jnp.float32)[..., None]  # (B, T, 1)
+    total = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1)  # (B, D)
+    count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)  # (B, 1)
+    return total / count
+
+
+def nig_loss(
+    logits: jax.Array, labels: jax.Array, label_mask: jax.Array, reduction: str = "token_mean"
+) -> jax.Array:
+    """Next-item generation loss: cross-entropy of the target tokens only (Eq. 1, negated).
+
+    logits (B, K, V) are taken at the K positions that predict the target tokens, labels (B, K)
+    are those tokens and label_mask (B, K) marks the real ones. "token_mean" averages over every
+    real target token of the batch; "sequence_sum" sums each user's tokens, then averages users.
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, K, V)
+    token_log_probs = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]  # (B, K)
+    weights = label_mask.astype(jnp.float32)  # (B, K)
+    nll = -token_log_probs * weights  # (B, K)
+    if reduction == "token_mean":
+        return jnp.sum(nll) / jnp.maximum(jnp.sum(weights), 1.0)
+    if reduction == "sequence_sum":
+        return jnp.mean(jnp.sum(nll, axis=1))
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def cosine_similarity_matrix(left: jax.Array, right: jax.Array) -> jax.Array:
+    """cos(left_i, right_j) for all pairs: left (B, D), right (N, D) -> (B, N)."""
+    left = left.astype(jnp.float32)
+    right = right.astype(jnp.float32)
+    left = left / jnp.maximum(jnp.linalg.norm(left, axis=-1, keepdims=True), _COSINE_EPS)
+    right = right / jnp.maximum(jnp.linalg.norm(right, axis=-1, keepdims=True), _COSINE_EPS)
+    return left @ right.T
+
+
+def contrastive_loss(
+    item_vectors: jax.Array, user_side_vectors: jax.Array, temperature: float
+) -> jax.Array:
+    """InfoNCE exactly as Eqs. 2-3 with in-batch negatives.
+
+    item_vectors v^T (B, D); user_side_vectors (B, D) is v^{TU} for L_TT or v^U for L_UT. For
+    target item i the positive is user i's vector and the negatives are the OTHER users' vectors:
+    -1/B sum_i log[ exp(cos(u_i, t_i)/tau) / sum_j exp(cos(u_j, t_i)/tau) ].
+    """
+    scores = cosine_similarity_matrix(item_vectors, user_side_vectors) / temperature  # (B, B)
+    log_probs = jax.nn.log_softmax(scores, axis=1)  # (B, B): softmax over the users j.
+    return -jnp.mean(jnp.diagonal(log_probs))
+
+
+def calrec_loss(
+    nig: jax.Array, tt: jax.Array, ut: jax.Array, alpha: float, beta: float
+) -> jax.Array:
+    """Eq. 4: (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT."""
+    return (1.0 - alpha - beta) * nig + alpha * tt + beta * ut

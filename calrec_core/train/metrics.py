@@ -1,0 +1,73 @@
+"""Training metrics as JSON lines (one record per logged step or evaluation) and their plot."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends records to ``<run_dir>/metrics.jsonl``; a resumed run first drops the records
+    written after its checkpoint, so the file reads as one uninterrupted run."""
+
+    def __init__(self, run_dir, resume_step: int = 0, enabled: bool = True) -> None:
+        self.path = pathlib.Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [record for record in read_metrics(self.path)
+                if resume_step and record["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+    def write(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), **values}
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path) -> list[dict[str, Any]]:
+    """All records of a metrics file (a run folder or the file itself); [] when absent."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def plot_losses(run_dirs: Sequence, output, labels: Sequence[str] | None = None) -> pathlib.Path:
+    """L_NIG and L_TT training curves of one or more runs side by side (cf. the paper's Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels) if labels else [pathlib.Path(run).name for run in run_dirs]
+    figure, (nig_axis, tt_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, label in zip(run_dirs, labels, strict=True):
+        records = [r for r in read_metrics(run) if r["kind"] == "train"]
+        if not records:
+            raise ValueError(f"{run} has no training metrics ({METRICS_FILE})")
+        steps = [r["step"] for r in records]
+        nig_axis.plot(steps, [r["nig"] for r in records], label=label)
+        if any(r.get("contrastive", True) for r in records):
+            tt_axis.plot(steps, [r["tt"] for r in records], label=label)
+    nig_axis.set(title="Next-item generation loss $L_{NIG}$", xlabel="step",
+                 ylabel="cross-entropy")
+    tt_axis.set(title="Target-item contrastive loss $L_{TT}$", xlabel="step", ylabel="InfoNCE")
+    for axis in (nig_axis, tt_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output

@@ -1,0 +1,289 @@
+"""Stage I (multi-category joint fine-tuning) and Stage II (category-specific fine-tuning).
+
+Both stages run the same resumable loop: draw step s's batch, take one optimizer step, log
+each loss term, evaluate for model selection every ``eval_every`` steps and export the best
+model so far, save a resumable checkpoint every ``checkpoint_every`` steps. A run restarted
+in the same output folder resumes from its newest checkpoint and repeats the uninterrupted
+run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from calrec_core.train.batching import ExampleEncoder
+from calrec_core.train.checkpoint import CheckpointStore, abstract_like, read_model_info
+from calrec_core.train.config import TrainConfig
+from calrec_core.train.examples import (
+    MixtureSampler,
+    category_roles,
+    load_training_sequences,
+    validation_examples,
+)
+from calrec_core.train.metrics import MetricsLog, plot_losses
+from calrec_core.train.models import (
+    architecture_of,
+    check_same_architecture,
+    export_trained,
+    fresh_model,
+    load_trained,
+)
+from calrec_core.train.step import Trainer, batch_sharding
+from calrec_core.train.stream import (
+    BatchStream,
+    replicated_to_global,
+    to_global,
+    validation_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+SELECTED_DIR = "selected"
+CHECKPOINTS_DIR = "checkpoints"
+LOSS_PLOT = "losses.png"
+# Settings a resumed run must share with its checkpoint for its batches and losses to match.
+_RESUME_FIXED = ("model", "batch_size", "microbatches", "max_input_len", "max_target_len",
+                 "max_drop_last", "length_bucket", "alpha", "beta", "temperature",
+                 "nig_reduction", "selection_metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a stage produced: the selected (exported) model and how it was chosen."""
+
+    checkpoint_dir: str  # Exported selected model; pass it to load_trained or run_stage2.
+    selected_step: int  # Optimizer step of the selected model.
+    best_metric: float  # Its selection metric (ndcg@10_pes: higher; valid_loss: lower).
+    metric_name: str  # "ndcg@10_pes" or "valid_loss" (after any fallback).
+    history: tuple[dict[str, Any], ...]  # Every selection evaluation: step, value, per category.
+    run_dir: str  # The run's folder (metrics.jsonl, losses.png, checkpoints/, selected/).
+
+
+def run_stage1(data_dir, output_dir, config: TrainConfig) -> StageResult:
+    """Stage I: every category's training data at the mixture weights (|U|^0.3).
+
+    Selection uses the validation-role categories, or, when there is none (as in the bundled
+    sample), the mean over the eval categories' validation splits.
+    """
+    from calrec_core.data import load_mixture
+
+    mixture = load_mixture(data_dir)
+    weights = {name: float(weight) for name, weight in mixture["weights"].items()}
+    if not weights:
+        raise ValueError(f"{data_dir}: the mixture names no categories")
+    roles = category_roles(data_dir, sorted(weights))
+    selection = [name for name, role in roles.items() if role == "validation"]
+    selection = selection or [name for name, role in roles.items() if role == "eval"]
+    if not selection:
+        raise ValueError(f"{data_dir}: no validation or eval category to select Stage I on")
+    return _run_stage("stage1", data_dir, output_dir, config, weights, selection,
+                      config.stage1_steps, init_checkpoint=None)
+
+
+def run_stage2(data_dir, category: str, init_checkpoint, output_dir,
+               config: TrainConfig) -> StageResult:
+    """Stage II: fine-tune on ``category`` alone from ``init_checkpoint`` (a Stage I export;
+    None = the "w/o Stage I" ablation, from the pretrained weights), select on its valid split."""
+    roles = category_roles(data_dir, [category])
+    if roles[category] != "eval":
+        raise ValueError(f"category {category!r} has no valid/test splits: it is not an eval "
+                         "category of this data folder")
+    return _run_stage("stage2", data_dir, output_dir, config, {category: 1.0}, [category],
+                      config.stage2_steps, init_checkpoint=init_checkpoint)
+
+
+def _start_model(config: TrainConfig, init_checkpoint):
+    if init_checkpoint is None:
+        return fresh_model(config)
+    info = read_model_info(init_checkpoint)
+    if info.get("model") != config.model:
+        raise ValueError(f"{init_checkpoint} holds a {info.get('model')!r} model but the config "
+                         f"trains {config.model!r}")
+    return load_trained(init_checkpoint, compute_dtype=config.compute_dtype, remat=config.remat)
+
+
+def _check_mesh(config: TrainConfig, mesh) -> None:
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    per_micro = config.batch_size // config.microbatches
+    if per_micro % devices:
+        raise ValueError(
+            f"batch_size {config.batch_size} / microbatches {config.microbatches} = {per_micro} "
+            f"users per microbatch do not split over {devices} devices (data x fsdp)"
+        )
+
+
+def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: dict[str, float],
+               selection: Sequence[str], total_steps: int, init_checkpoint) -> StageResult:
+    from calrec_core.model.sharding import make_mesh
+
+    run_dir = pathlib.Path(output_dir)
+    mesh = make_mesh(data=-1, fsdp=config.fsdp)
+    _check_mesh(config, mesh)
+    sequences = load_training_sequences(data_dir, sorted(weights))
+    model, tokenizer = _start_model(config, init_checkpoint)
+    architecture = architecture_of(model)
+    sampler = MixtureSampler(sequences, weights, seed=config.seed, stream=stage,
+                             max_drop_last=config.max_drop_last)
+    encoder = ExampleEncoder(tokenizer, config.max_input_len, config.max_target_len)
+    stream = BatchStream(sampler, encoder, config)
+    trainer, params = Trainer.create(model, config, mesh)
+    selector = _Selector(config, data_dir, selection, trainer, tokenizer, encoder)
+
+    store = CheckpointStore(run_dir / CHECKPOINTS_DIR, config.max_checkpoints)
+    start = store.latest_step() or 0
+    if start:
+        record = store.read_record(start)
+        check_same_architecture(architecture, record["architecture"],
+                                f"checkpoint {run_dir / CHECKPOINTS_DIR}/{start}")
+        if record["stage"] != stage or record["seed"] != config.seed:
+            raise ValueError(f"{run_dir} holds a checkpoint of {record['stage']} with seed "
+                             f"{record['seed']}; this run is {stage} with seed {config.seed}")
+        changed = [name for name in _RESUME_FIXED
+                   if record["train_config"].get(name) != getattr(config, name)]
+        if changed:
+            raise ValueError(f"{run_dir}: cannot resume with other {changed} than the "
+                             "checkpointed run (batches would differ); use a new output folder")
+        params, opt_state, record = store.restore(
+            start, abstract_like(params), trainer.abstract_opt_state(params))
+        selector.load(record["selection"])
+        logger.info("%s: resumed from step %d", stage, start)
+    else:
+        opt_state = trainer.init_optimizer(params)
+    del model
+    init_name = None if init_checkpoint is None else str(init_checkpoint)
+    log = MetricsLog(run_dir, resume_step=start, enabled=jax.process_index() == 0)
+    data_sharding = batch_sharding(mesh)
+    progress = tqdm(range(start, total_steps), desc=stage, initial=start, total=total_steps,
+                    disable=jax.process_index() != 0)
+    for step in progress:
+        began = time.perf_counter()
+        rows = config.batch_size // config.microbatches
+        local = stream.local_batch(step)
+        batch = to_global(local, data_sharding, rows)
+        params, opt_state, metrics = trainer.train_step(params, opt_state, batch)
+        done = step + 1
+        if done % config.log_every == 0 or done == total_steps:
+            values = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            if not all(math.isfinite(values[name]) for name in ("loss", "nig", "tt", "ut")):
+                raise FloatingPointError(f"{stage} step {done}: non-finite loss {values}")
+            seconds = time.perf_counter() - began
+            # Real (unpadded) tokens through the user tower per second of this step.
+            real_tokens = int(local.input_mask.sum()) * jax.process_count()
+            values["tokens_per_s"] = real_tokens / seconds
+            log.write("train", done, contrastive=config.contrastive, seconds=seconds, **values)
+            progress.set_postfix(loss=f"{values['loss']:.3f}", nig=f"{values['nig']:.3f}")
+        if done % config.eval_every == 0 or done == total_steps:
+            improved = selector.evaluate(done, params, log)
+            if improved:
+                export_trained(run_dir / SELECTED_DIR, params, trainer.model(params), tokenizer,
+                               config, {"stage": stage, "step": done, "init": init_name,
+                                        "selection": selector.state()})
+        if done % config.checkpoint_every == 0 or done == total_steps:
+            store.save(done, params, opt_state, {
+                "step": done, "stage": stage, "seed": config.seed, "stream": stage,
+                "architecture": architecture, "selection": selector.state(), "init": init_name,
+                "train_config": config.to_dict(),
+            })
+    store.close()
+    if jax.process_index() == 0:
+        plot_losses([run_dir], run_dir / LOSS_PLOT, labels=[stage])
+    if selector.best_step is None:
+        raise RuntimeError(f"{stage}: no selection evaluation ran (total_steps={total_steps})")
+    return StageResult(
+        checkpoint_dir=str(run_dir / SELECTED_DIR), selected_step=selector.best_step,
+        best_metric=selector.best_value, metric_name=selector.metric,
+        history=tuple(selector.history), run_dir=str(run_dir),
+    )
+
+
+class _Selector:
+    """Evaluates for model selection and remembers the best step (state kept in checkpoints)."""
+
+    def __init__(self, config: TrainConfig, data_dir, categories: Sequence[str],
+                 trainer: Trainer, tokenizer, encoder: ExampleEncoder) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.categories = list(categories)
+        self.trainer = trainer
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.metric = config.selection_metric
+        if self.metric == "ndcg@10_pes":
+            try:
+                from calrec_core.eval import evaluate_split  # noqa: F401
+            except ImportError as error:
+                logger.warning("calrec_core.eval unavailable (%s): selecting on valid_loss", error)
+                self.metric = "valid_loss"
+        self.best_step: int | None = None
+        self.best_value = math.nan
+        self.history: list[dict[str, Any]] = []
+        self._valid_batches: dict[str, list] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"metric": self.metric, "best_step": self.best_step,
+                "best_value": self.best_value, "history": self.history}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.metric = state["metric"]
+        self.best_step = state["best_step"]
+        self.best_value = float(state["best_value"])
+        self.history = list(state["history"])
+
+    def _better(self, value: float) -> bool:
+        if self.best_step is None:
+            return True
+        if self.metric == "valid_loss":
+            return value < self.best_value
+        return value > self.best_value
+
+    def evaluate(self, step: int, params, log: MetricsLog) -> bool:
+        per_category = {name: self._score(name, params) for name in self.categories}
+        value = float(np.mean(list(per_category.values())))
+        self.history.append({"step": step, "value": value, "categories": per_category})
+        log.write("eval", step, metric=self.metric, value=value, categories=per_category)
+        if self._better(value):
+            self.best_step, self.best_value = step, value
+            return True
+        return False
+
+    def _score(self, category: str, params) -> float:
+        if self.metric == "valid_loss":
+            return self._valid_loss(category, params)
+        from calrec_core.eval import EvalConfig, evaluate_split
+
+        eval_config = EvalConfig.preset(self.config.eval_preset)
+        eval_config = dataclasses.replace(eval_config,
+                                          max_users=self.config.eval_max_users or None)
+        result = evaluate_split(self.trainer.model(params), self.tokenizer, self.data_dir,
+                                category, "valid", eval_config, method="calrec")
+        return float(result.metrics["ndcg@10_pes"])
+
+    def _valid_loss(self, category: str, params) -> float:
+        if self._valid_batches is None:
+            self._valid_batches = {}
+        if category not in self._valid_batches:
+            pairs = validation_examples(self.data_dir, category, self.config.eval_max_users)
+            if not pairs:
+                raise ValueError(f"category {category!r} has no validation users")
+            rows = self.config.batch_size // self.config.microbatches
+            sharding = batch_sharding(self.trainer.mesh, microbatched=False)
+            self._valid_batches[category] = [
+                replicated_to_global(batch, sharding)
+                for batch in validation_batches(pairs, self.encoder, self.config, rows)
+            ]
+        total = count = 0.0
+        for batch in self._valid_batches[category]:
+            nll, tokens = self.trainer.nig_sums(params, batch)
+            total += float(nll)
+            count += float(tokens)
+        return total / max(count, 1.0)
