@@ -1,7 +1,8 @@
 """Temperature sampling with a KV cache, batched over prompts of different lengths.
 
 Prompts are left-padded to a bucketed length (per-row position ids keep RoPE and masks
-right), every (prompt, sample) pair is one row, and the whole decode loop runs in one
+right), each prompt is encoded once and its KV cache copied to its samples, every
+(prompt, sample) pair is then one decoding row, and the whole decode loop runs in one
 jitted ``lax.while_loop`` that stops early once every row has stopped.
 
 Randomness is per row: a sample's key is derived from the seed, a hash of its prompt's
@@ -60,13 +61,13 @@ def _left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
     return tokens, positions, mask
 
 
-@functools.partial(nnx.jit, static_argnames=("budget", "pad_id"))
+@functools.partial(nnx.jit, static_argnames=("budget", "pad_id", "num_samples"))
 def _decode(
     model: Gemma3,
-    tokens: jax.Array,  # (B, P) left-padded prompts
-    positions: jax.Array,  # (B, P)
-    mask: jax.Array,  # (B, P)
-    row_keys: jax.Array,  # (B,) one PRNG key per row
+    tokens: jax.Array,  # (Bp, P) left-padded prompts, each once
+    positions: jax.Array,  # (Bp, P)
+    mask: jax.Array,  # (Bp, P)
+    row_keys: jax.Array,  # (B,) one PRNG key per row, B = Bp * num_samples, prompt-major
     stop_mask: jax.Array,  # (V,) bool, True on tokens that end a sample
     temperature: jax.Array,  # () float32
     greedy: jax.Array,  # () bool
@@ -74,12 +75,22 @@ def _decode(
     *,
     budget: int,  # Static room for new tokens (bucketed so few values get compiled).
     pad_id: int,
+    num_samples: int,  # Samples per prompt: the prompt is encoded once and its cache copied.
 ):
-    batch, prompt_len = tokens.shape
-    cache = KVCache.create(model.config, batch, prompt_len + budget, model.dtype)
-    last = jnp.full((batch, 1), prompt_len - 1, jnp.int32)
+    num_prompts, prompt_len = tokens.shape
+    batch = num_prompts * num_samples
+    cache = KVCache.create(model.config, num_prompts, prompt_len + budget, model.dtype)
+    last = jnp.full((num_prompts, 1), prompt_len - 1, jnp.int32)
     out = model(tokens, positions, mask, logits_at=last, cache=cache)
-    next_position = positions[:, -1] + 1  # (B,)
+    # Prefill dominates the cost of short samples: share it across a prompt's samples.
+    repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0, total_repeat_length=batch)
+    prefilled = out.cache.replace(
+        keys=tuple(repeat(k) for k in out.cache.keys),  # (B, S, K, H) each
+        values=tuple(repeat(v) for v in out.cache.values),
+        positions=repeat(out.cache.positions),  # (B, S)
+    )
+    first_logits = repeat(out.logits[:, 0])  # (B, V)
+    next_position = repeat(positions[:, -1] + 1)  # (B,)
 
     def choose(logits, step):  # logits: (B, V) float32
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
@@ -111,8 +122,8 @@ def _decode(
 
     carry = (
         jnp.zeros((), jnp.int32),
-        out.cache,
-        out.logits[:, 0],
+        prefilled,
+        first_logits,
         next_position,
         jnp.zeros((batch,), bool),
         jnp.full((batch, budget), pad_id, jnp.int32),
@@ -155,8 +166,9 @@ def generate(
     stop_at_newline: also stop at any token that writes a line break (needs ``tokenizer``);
       a pretrained model continues an item with "\\n\\nThe next item...".
     greedy (or temperature 0): argmax decoding; all samples of a prompt are then equal.
-    batch_size: rows (prompt x sample pairs) decoded together; prompts are left-padded to
-      a multiple of ``length_bucket`` to limit recompiles.
+    batch_size: rows (prompt x sample pairs) decoded together, at least one prompt with all
+      its samples; each prompt is encoded once and its KV cache copied to its samples.
+      Prompts are left-padded to a multiple of ``length_bucket`` to limit recompiles.
     mesh: decode data-parallel on this mesh (the model is sharded onto it).
     """
     if num_samples < 1 or max_new_tokens < 1:
@@ -179,11 +191,11 @@ def generate(
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt token ids must lie in [0, {vocab})")
 
-    rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
-    # Rows of similar prompt length share a batch (less padding); results go back by index.
-    rows.sort(key=lambda row: len(prompts[row[0]]))
+    # Prompts of similar length share a batch (less padding); results go back by index.
+    order = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))
     multiple = batch_multiple(mesh)
-    batch_size = _round_up(max(1, batch_size), multiple)
+    # A batch holds whole prompts with all their samples (prompt-major rows).
+    prompts_per_batch = _round_up(max(1, batch_size // num_samples), multiple)
     budget = _round_up(max_new_tokens, 16)
     hashes = [_prompt_hash(p) for p in prompts]
     results: list[list[Sample | None]] = [[None] * num_samples for _ in prompts]
@@ -191,19 +203,21 @@ def generate(
         shard_model(model, mesh)
     from tqdm import tqdm
 
-    starts = range(0, len(rows), batch_size)
+    starts = range(0, len(order), prompts_per_batch)
     for start in tqdm(starts, desc="Sampling", unit="batch", disable=not progress):
-        chunk = rows[start : start + batch_size]
-        # Pad the batch to a power of two >= 8 (few shapes to compile) with copies of a row.
-        size = min(batch_size, _round_up(max(8, 1 << (len(chunk) - 1).bit_length()), multiple))
+        chunk = order[start : start + prompts_per_batch]
+        # Pad to a power of two >= 2 prompts (few shapes to compile) with copies of a prompt.
+        size = min(
+            prompts_per_batch, _round_up(max(2, 1 << (len(chunk) - 1).bit_length()), multiple)
+        )
         padded = chunk + [chunk[-1]] * (size - len(chunk))
-        chunk_prompts = [prompts[p] for p, _ in padded]
+        chunk_prompts = [prompts[p] for p in padded]
         length = _round_up(max(len(p) for p in chunk_prompts), length_bucket)
         tokens, positions, mask = _left_pad(chunk_prompts, length, pad_id)
         keys = _row_keys(
             seed,
-            np.asarray([hashes[p] for p, _ in padded], np.int32),
-            np.asarray([s for _, s in padded], np.int32),
+            np.asarray([hashes[p] for p in padded for _ in range(num_samples)], np.int32),
+            np.asarray([s for _ in padded for s in range(num_samples)], np.int32),
         )
         inputs = [tokens, positions, mask]
         if mesh is not None:
@@ -221,14 +235,19 @@ def generate(
                 jnp.asarray(max_new_tokens, jnp.int32),
                 budget=budget,
                 pad_id=pad_id,
+                num_samples=num_samples,
             )
         generated, logprob, done = jax.device_get((generated, logprob, done))
-        for row, (p, s) in enumerate(chunk):
-            ids = [int(t) for t in generated[row, :max_new_tokens]]
-            end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-            results[p][s] = Sample(
-                token_ids=tuple(ids[:end]), logprob=float(logprob[row]), stopped=bool(done[row])
-            )
+        for index, p in enumerate(chunk):
+            for s in range(num_samples):
+                row = index * num_samples + s
+                ids = [int(t) for t in generated[row, :max_new_tokens]]
+                end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+                results[p][s] = Sample(
+                    token_ids=tuple(ids[:end]),
+                    logprob=float(logprob[row]),
+                    stopped=bool(done[row]),
+                )
     return results  # type: ignore[return-value]
 
 
