@@ -40,7 +40,13 @@ EXTRAS = {
         "google-crc32c>=1.5",
         "matplotlib>=3.8",
     ],
-    "pipelines": ["kfp>=2.13,<3", "google-cloud-aiplatform>=1.90", "google-cloud-storage>=2.18"],
+    "pipelines": [
+        "kfp>=2.13,<3",
+        "google-cloud-aiplatform>=1.90",
+        "google-cloud-storage>=2.18",
+        # kfp.local imports the Docker SDK (our docker/ folder must not stand in for it).
+        "docker>=7",
+    ],
     "test": [
         "pytest>=8",
         "pytest-xdist>=3.6",

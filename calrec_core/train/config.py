@@ -157,13 +157,13 @@ class TrainConfig:
 
         Sized from benchmarks/bench_train.py on the shared 2-core CPU: a 4 x 304-token step
         took ~48 s after a ~110 s compile, so Stage I takes 2 steps, each Stage II 1 step, and
-        selection runs once, after each stage's last step, on 8 validation users.
+        selection runs once, after each stage's last step, on 4 validation users.
         """
         return cls(
             model="gemma3_270m", batch_size=4, microbatches=1, learning_rate=1e-4,
             max_input_len=256, max_target_len=48, length_bucket=304, stage1_steps=2,
             stage2_steps=1, eval_every=2, checkpoint_every=2, log_every=1,
-            selection_metric="ndcg@10_pes", eval_preset="demo", eval_max_users=8,
+            selection_metric="ndcg@10_pes", eval_preset="demo", eval_max_users=4,
         )
 
     @classmethod

@@ -1,0 +1,36 @@
+"""The CALRec Kubeflow pipeline: DAG factory, local runs, compilation and Vertex AI deployment.
+
+Names load on first use (PEP 562), so ``calrec --help`` does not import KFP or the cloud SDK.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "BASELINES": "pipelines.dag",
+    "PIPELINE_NAME": "pipelines.dag",
+    "BuildOptions": "pipelines.dag",
+    "build_pipeline": "pipelines.dag",
+    "eval_categories": "pipelines.dag",
+    "compile_pipeline": "pipelines.compile",
+    "load_pipeline_spec": "pipelines.compile",
+    "LocalRunResult": "pipelines.local",
+    "fingerprint_files": "pipelines.local",
+    "run_local": "pipelines.local",
+    "VertexTarget": "pipelines.vertex",
+    "check_labels": "pipelines.vertex",
+    "create_schedule": "pipelines.vertex",
+    "delete_schedule": "pipelines.vertex",
+    "list_schedules": "pipelines.vertex",
+    "make_job": "pipelines.vertex",
+    "pause_schedule": "pipelines.vertex",
+    "resume_schedule": "pipelines.vertex",
+    "submit_pipeline": "pipelines.vertex",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
