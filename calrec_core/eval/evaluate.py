@@ -126,7 +126,7 @@ def load_model(model_source: str):
     path = pathlib.Path(model_source)
     if not path.exists():
         raise FileNotFoundError(f"model source {model_source!r}: not 'pretrained' nor a path")
-    from calrec_core.train import load_trained
+    from calrec_core.model.export import load_trained
 
     return load_trained(path)
 

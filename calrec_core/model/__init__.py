@@ -1,6 +1,7 @@
 """Gemma 3 in Flax NNX: model, checkpoint loading, tokenizers, sharding and sampling."""
 
 from calrec_core.model.config import Gemma3Config
+from calrec_core.model.export import export_trained, load_trained, read_model_info
 from calrec_core.model.gemma import Gemma3, KVCache, ModelOutput
 from calrec_core.model.loading import load_pretrained
 from calrec_core.model.sampler import Sample, generate, generate_texts
@@ -22,7 +23,10 @@ __all__ = [
     "ModelOutput",
     "Sample",
     "Tokenizer",
+    "export_trained",
     "load_pretrained",
+    "load_trained",
+    "read_model_info",
     "logical_to_sharding",
     "logical_to_spec",
     "generate",

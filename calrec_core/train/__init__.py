@@ -10,6 +10,7 @@ Choices the paper leaves open, made once here:
   paper's 512 negatives need ``microbatches=1`` (data-parallel devices instead).
 """
 
+from calrec_core.model.export import load_trained
 from calrec_core.train.config import TrainConfig
 from calrec_core.train.losses import (
     calrec_loss,
@@ -19,7 +20,6 @@ from calrec_core.train.losses import (
     nig_loss,
 )
 from calrec_core.train.metrics import plot_losses, read_metrics
-from calrec_core.train.models import load_trained
 from calrec_core.train.stages import StageResult, run_stage1, run_stage2
 
 __all__ = [

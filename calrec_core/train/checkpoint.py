@@ -1,23 +1,17 @@
-"""Orbax checkpoints: resumable training state, and the exported selected model.
+"""Orbax checkpoints: resumable training state (the exported model is ``calrec_core.model.export``).
 
 A resumable checkpoint holds parameters, optimizer state and a JSON record of the step (which
 is also the data-iterator position, batches being a pure function of (seed, step)), the seed,
-the sampler stream and the model's architecture. The exported model is parameters plus
-``model.json`` (architecture and tokenizer source), enough for ``load_trained`` in a fresh
-process.
+the sampler stream and the model's architecture.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
-MODEL_FILE = "model.json"
-PARAMS_DIR = "params"
 
 
 class CheckpointStore:
@@ -72,28 +66,3 @@ def abstract_like(tree):
         lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding),
         tree,
     )
-
-
-def export_model(directory, params, model_info: dict[str, Any]) -> pathlib.Path:
-    """Writes the parameters and ``model.json``; replaces an earlier export in ``directory``."""
-    directory = pathlib.Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / PARAMS_DIR, params, force=True)
-        checkpointer.wait_until_finished()
-    if jax.process_index() == 0:
-        (directory / MODEL_FILE).write_text(json.dumps(model_info, indent=2, sort_keys=True))
-    return directory
-
-
-def read_model_info(directory) -> dict[str, Any]:
-    path = pathlib.Path(directory) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not an exported calrec model")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def restore_params(directory, abstract_params):
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(pathlib.Path(directory).absolute() / PARAMS_DIR,
-                                    abstract_params)

@@ -21,8 +21,15 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from calrec_core.model.export import (
+    architecture_of,
+    check_same_architecture,
+    export_trained,
+    load_trained,
+    read_model_info,
+)
 from calrec_core.train.batching import ExampleEncoder
-from calrec_core.train.checkpoint import CheckpointStore, abstract_like, read_model_info
+from calrec_core.train.checkpoint import CheckpointStore, abstract_like
 from calrec_core.train.config import TrainConfig
 from calrec_core.train.examples import (
     MixtureSampler,
@@ -31,13 +38,7 @@ from calrec_core.train.examples import (
     validation_examples,
 )
 from calrec_core.train.metrics import MetricsLog, plot_losses
-from calrec_core.train.models import (
-    architecture_of,
-    check_same_architecture,
-    export_trained,
-    fresh_model,
-    load_trained,
-)
+from calrec_core.train.models import fresh_model
 from calrec_core.train.step import Trainer, batch_sharding
 from calrec_core.train.stream import (
     BatchStream,
@@ -186,8 +187,9 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
             improved = selector.evaluate(done, params, log)
             if improved:
                 export_trained(run_dir / SELECTED_DIR, params, trainer.model(params), tokenizer,
-                               config, {"stage": stage, "step": done, "init": init_name,
-                                        "selection": selector.state()})
+                               config.model, {"train_config": config.to_dict(), "stage": stage,
+                                              "step": done, "init": init_name,
+                                              "selection": selector.state()})
         if done % config.checkpoint_every == 0 or done == total_steps:
             store.save(done, params, opt_state, {
                 "step": done, "stage": stage, "seed": config.seed, "stream": stage,

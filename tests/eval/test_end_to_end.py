@@ -74,13 +74,15 @@ def test_evaluate_command_loads_an_exported_checkpoint(gift_cards_dir, tmp_path)
     from flax import nnx
 
     from calrec_core.cli import main
+    from calrec_core.model.export import export_trained
     from calrec_core.train.config import TrainConfig
-    from calrec_core.train.models import export_trained, fresh_model
+    from calrec_core.train.models import fresh_model
 
     train_config = TrainConfig.tiny()
     model, tokenizer = fresh_model(train_config)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    checkpoint = export_trained(tmp_path / "selected", params, model, tokenizer, train_config, {})
+    checkpoint = export_trained(tmp_path / "selected", params, model, tokenizer,
+                                train_config.model, {"train_config": train_config.to_dict()})
     out = tmp_path / "run"
     assert main(["evaluate", "--data", str(gift_cards_dir), "--category", "Gift_Cards",
                  "--split", "valid", "--model", str(checkpoint), "--methods", "calrec",

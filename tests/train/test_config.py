@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from calrec_core.model.export import check_same_architecture
 from calrec_core.train.config import TrainConfig
-from calrec_core.train.models import check_same_architecture
 
 
 def test_presets_keep_the_paper_settings():

@@ -61,7 +61,7 @@ def runs(tmp_path_factory, ingested_sample):
 
 
 def test_stage1_then_stage2_selects_and_exports(runs):
-    from calrec_core.train import load_trained
+    from calrec_core.model.export import load_trained
 
     stage1, stage2 = runs["results"]["one", "s1"], runs["results"]["one", "s2"]
     for result, steps in ((stage1, 6), (stage2, 4)):

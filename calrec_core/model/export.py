@@ -1,0 +1,133 @@
+"""The exported-model format: parameters, ``model.json`` and the tokenizer, in one folder.
+
+``model.json`` records the architecture (Gemma3Config fields), the model name, how to rebuild the
+tokenizer and whatever the exporter adds (the training config, the stage, the step); a Gemma
+tokenizer is saved beside it, so ``load_trained`` needs nothing but the folder. This module knows
+nothing of training: the trainer passes its config in as plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from calrec_core.model.config import Gemma3Config
+
+MODEL_FILE = "model.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+
+
+def dtype_named(name: str):
+    """The jnp dtype of a compute-dtype name ("float32" or "bfloat16")."""
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+def architecture_of(model) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)
+
+
+def config_from(architecture: dict[str, Any]) -> Gemma3Config:
+    """The Gemma3Config of a recorded architecture; fails on fields this version does not know."""
+    known = {field.name for field in dataclasses.fields(Gemma3Config)}
+    unknown = {key: value for key, value in architecture.items()
+               if key not in known and value is not None}
+    if unknown:
+        raise ValueError(f"the checkpoint's architecture has fields this version of the model "
+                         f"does not know: {sorted(unknown)}")
+    values = {key: value for key, value in architecture.items() if key in known}
+    if values.get("layer_types") is not None:
+        values["layer_types"] = tuple(values["layer_types"])
+    return Gemma3Config(**values)
+
+
+def check_same_architecture(expected: dict[str, Any], found: dict[str, Any], where: str) -> None:
+    """Fails clearly when a checkpoint was written by another architecture."""
+    if config_from(expected) != config_from(found):
+        differing = sorted(key for key in set(expected) | set(found)
+                           if expected.get(key) != found.get(key))
+        raise ValueError(f"{where} holds another architecture (fields differ: {differing})")
+
+
+def tokenizer_info(tokenizer) -> dict[str, Any]:
+    from calrec_core.model.tokenizer import ByteTokenizer
+
+    if isinstance(tokenizer, ByteTokenizer):
+        return {"kind": "byte", "vocab_size": tokenizer.vocab_size}
+    return {"kind": "saved", "path": TOKENIZER_DIR}
+
+
+def load_tokenizer(directory, info: dict[str, Any]):
+    from calrec_core.model.tokenizer import Tokenizer, make_tiny_tokenizer
+
+    spec = info["tokenizer"]
+    if spec["kind"] == "byte":
+        return make_tiny_tokenizer(spec["vocab_size"])
+    return Tokenizer.load(pathlib.Path(directory) / spec["path"])
+
+
+def export_model(directory, params, model_info: dict[str, Any]) -> pathlib.Path:
+    """Writes the parameters and ``model.json``; replaces an earlier export in ``directory``."""
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / PARAMS_DIR, params, force=True)
+        checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+        (directory / MODEL_FILE).write_text(json.dumps(model_info, indent=2, sort_keys=True))
+    return directory
+
+
+def export_trained(directory, params, model, tokenizer, model_name: str,
+                   extra: dict[str, Any]) -> pathlib.Path:
+    """Exports parameters, architecture and tokenizer so ``load_trained`` can rebuild them.
+    ``extra`` (plain JSON: the training config, stage, step...) is recorded in ``model.json``."""
+    directory = pathlib.Path(directory)
+    info = {
+        "model": model_name,
+        "architecture": architecture_of(model),
+        "tokenizer": tokenizer_info(tokenizer),
+        **extra,
+    }
+    if info["tokenizer"]["kind"] == "saved" and jax.process_index() == 0:
+        tokenizer.save(directory / TOKENIZER_DIR)
+    return export_model(directory, params, info)
+
+
+def read_model_info(directory) -> dict[str, Any]:
+    path = pathlib.Path(directory) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not an exported calrec model")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def restore_params(directory, abstract_params):
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(pathlib.Path(directory).absolute() / PARAMS_DIR,
+                                    abstract_params)
+
+
+def load_trained(checkpoint_dir, *, compute_dtype: str = "float32", remat: bool = False):
+    """(model, tokenizer) of an exported model, in a fresh process. ``compute_dtype`` only
+    changes the arithmetic; parameters stay float32."""
+    from calrec_core.model.gemma import Gemma3
+
+    info = read_model_info(checkpoint_dir)
+    architecture = config_from(info["architecture"])
+    abstract = nnx.eval_shape(lambda: Gemma3(architecture, rngs=nnx.Rngs(0),
+                                             dtype=dtype_named(compute_dtype), remat=remat))
+    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+        nnx.to_pure_dict(abstract_params),
+    )
+    params = restore_params(checkpoint_dir, target)
+    return nnx.merge(graphdef, params), load_tokenizer(checkpoint_dir, info)
