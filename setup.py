@@ -4,10 +4,26 @@ import pathlib
 
 from setuptools import find_packages, setup
 
+BEAM_GCP = "apache-beam[gcp]>=2.60,<3"
+# Beam's gcp extra also pins google-cloud-aiplatform<2 (for Vertex AI inference transforms
+# ingestion never runs), which cannot share an environment with the pipelines client
+# (aiplatform 2.x). The ingest image installs `data` with the extra; the all-in-one development
+# environment (`all`) takes plain Beam plus what the Dataflow runner and gs:// I/O import, so
+# the Dataflow job-request tests run there too.
+DEV_DATAFLOW = [
+    "apache-beam>=2.60,<3",
+    "google-cloud-dataflow-client>=0.13,<0.14",
+    "google-cloud-storage>=2.18.2,<4",
+    "google-auth>=2,<3",
+    # Without it Beam silently connects anonymously (apache_beam.internal.gcp.auth).
+    "google-auth-httplib2>=0.1.0,<0.3.0",
+]
+
 # Each extra is what one pipeline step (one container image) needs.
 EXTRAS = {
     "data": [
-        "apache-beam>=2.60,<3",
+        # gcp: the Dataflow runner and gs:// I/O (see DEV_DATAFLOW for why `all` differs).
+        BEAM_GCP,
         "pyarrow>=15",
         "pandas>=2",
         "protobuf>=4.21,<7",
@@ -32,6 +48,8 @@ EXTRAS = {
         "protobuf>=4.21,<7",
         "google-crc32c>=1.5",
         "matplotlib>=3.8",
+        # TensorBoard event files of the training metrics (no TensorFlow needed).
+        "tensorboardX>=2.6",
     ],
     "eval": [
         "rank-bm25==0.2.2",
@@ -42,6 +60,13 @@ EXTRAS = {
         "google-crc32c>=1.5",
         "matplotlib>=3.8",
     ],
+    # What every pipeline step needs inside its image: the KFP executor, and Cloud Storage
+    # listings for the raw-data version (no Vertex AI SDK, so Beam's gcp extra can join).
+    "components": [
+        "kfp>=2.13,<3",
+        "google-cloud-storage>=2.18",
+    ],
+    # The client that compiles, submits, schedules and uploads pipelines.
     "pipelines": [
         "kfp>=2.13,<3",
         "google-cloud-aiplatform>=1.90",
@@ -60,7 +85,8 @@ EXTRAS = {
 }
 EXTRAS["train"] += EXTRAS["model"]
 EXTRAS["eval"] += EXTRAS["model"]
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs}
+                       - {BEAM_GCP} | set(DEV_DATAFLOW))
 
 setup(
     name="calrec",

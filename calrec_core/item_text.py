@@ -3,10 +3,18 @@
 An item is written as ``Title: <t>. Category: <c>. Brand: <b>. Price: <p>.`` with the
 attributes truncated to 25/15/15/15 whitespace words, ``Unknown`` for a missing value,
 and no ids. ``parse_item_text`` inverts the format for hierarchical matching (§6).
+
+Markup residue (``strip_markup``, on by default; the paper does not discuss it): the raw
+2018 metadata holds scraping artefacts that are not item text, e.g. titles that are the
+tail of an HTML attribute (``Magazines" />``), values cut inside a tag
+(``<span class="a-size-medium``), brands given as a list, and doubly escaped entities.
+Left in, many distinct items share the residue, the model learns to generate it and BM25
+ties them. ``strip_markup=False`` reproduces the earlier cleaning exactly.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import html
 import re
@@ -17,7 +25,11 @@ WORD_LIMITS = {"title": 25, "category": 15, "brand": 15, "price": 15}
 UNKNOWN = "Unknown"
 _LABELS = {"title": "Title", "category": "Category", "brand": "Brand", "price": "Price"}
 
-_TAG = re.compile(r"<[^>]*>?")
+_TAG = re.compile(r"<[^>]*>?")  # Earlier cleaning: any "<" starts a tag.
+# A tag starts with "<" and a name, "/" or "!" ("5 < 6 inch" is text); unclosed runs to the end.
+_MARKUP_TAG = re.compile(r"<[A-Za-z/!][^>]*>?")
+# The dangling end of a tag whose start was cut off: 'Magazines" />', 'Scientific />'.
+_TAG_TAIL = re.compile(r"""\s*(?:["']\s*/?|/)>\s*$""")
 _SPACE = re.compile(r"\s+")
 _ITEM_PATTERN = re.compile(
     r"^\s*Title:\s*(?P<title>.*?)\.\s+Category:\s*(?P<category>.*?)\.\s+"
@@ -39,14 +51,43 @@ class ItemAttributes:
         return (self.title, self.category, self.brand, self.price)
 
 
-def clean_text(value: object) -> str:
-    """HTML-unescapes, strips tags and collapses whitespace; non-strings become ''."""
+def _as_list(value: object) -> list | None:
+    """A list value, or a string that spells a Python/JSON list of strings; else None."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            return None
+        if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
+            return parsed
+    return None
+
+
+def clean_text(value: object, strip_markup: bool = True) -> str:
+    """HTML-unescapes, strips tags and collapses whitespace; None becomes ''.
+
+    strip_markup: also drop dangling tag ends, keep a lone "<" that starts no tag, and
+    write a list value (e.g. a list-valued brand) as its distinct cleaned entries joined
+    by ", " instead of its Python repr.
+    """
     if value is None:
         return ""
+    if strip_markup:
+        entries = _as_list(value)
+        if entries is not None:
+            cleaned = (clean_text(entry, strip_markup) for entry in entries)
+            return ", ".join(dict.fromkeys(c for c in cleaned if c))
     if not isinstance(value, str):
         value = str(value)
     text = html.unescape(html.unescape(value))
-    text = _TAG.sub(" ", text)
+    if not strip_markup:
+        return _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
+    text = _MARKUP_TAG.sub(" ", text)
+    previous = None
+    while previous != text:  # 'x" /> />' -> 'x'
+        previous, text = text, _TAG_TAIL.sub("", text)
     return _SPACE.sub(" ", text).strip()
 
 
@@ -54,18 +95,28 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(text.split()[:max_words])
 
 
-def normalize_attribute(name: str, value: object) -> str:
+def normalize_attribute(name: str, value: object, strip_markup: bool = True) -> str:
     """Cleans, truncates and strips trailing periods (they would blur the format)."""
-    text = truncate_words(clean_text(value), WORD_LIMITS[name]).rstrip(" .")
+    text = truncate_words(clean_text(value, strip_markup), WORD_LIMITS[name]).rstrip(" .")
     return text if text else UNKNOWN
 
 
-def make_attributes(title=None, category=None, brand=None, price=None) -> ItemAttributes:
+def make_attributes(
+    title=None, category=None, brand=None, price=None, *, strip_markup: bool = True
+) -> ItemAttributes:
     return ItemAttributes(
-        title=normalize_attribute("title", title),
-        category=normalize_attribute("category", category),
-        brand=normalize_attribute("brand", brand),
-        price=normalize_attribute("price", price),
+        title=normalize_attribute("title", title, strip_markup),
+        category=normalize_attribute("category", category, strip_markup),
+        brand=normalize_attribute("brand", brand, strip_markup),
+        price=normalize_attribute("price", price, strip_markup),
+    )
+
+
+def has_markup_residue(text: str) -> bool:
+    """Whether an item text still holds markup: an HTML tag, entity or dangling tag end
+    (reported per catalog, so an evaluation shows whether its corpus was cleaned)."""
+    return bool(
+        _MARKUP_TAG.search(text) or re.search(r"""["']?\s*/>|&(?:#\d+|[a-z]+);""", text)
     )
 
 

@@ -1,6 +1,6 @@
 """Prompt templates: CALRec's (§3.2) and GPT4Rec's one-off suffix (Table 6).
 
-A prompt is a list of text segments; ``encode_prompt`` tokenizes each segment on its own
+A prompt is a list of text segments; ``encode_example`` tokenizes each segment on its own
 and concatenates the ids. Segment-wise encoding makes the token sequence identical at
 training and inference time and lets a too-long history lose its oldest items whole
 while the template stays well formed.

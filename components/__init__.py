@@ -9,30 +9,35 @@ from __future__ import annotations
 
 import dataclasses
 
+from components.configure import configure
+from components.data_version import raw_data_version
 from components.evaluate import evaluate
 from components.images import (
     ACCELERATOR_IMAGE,
     CALREC_CUDA_IMAGE,
     CALREC_IMAGE,
+    CALREC_INGEST_IMAGE,
     CALREC_TPU_IMAGE,
+    IMAGE_COMPONENTS,
     IMAGE_EXTRAS,
     IMAGE_JAX_EXTRA,
     ImageSet,
 )
 from components.ingest import ingest
-from components.report import MAX_REPORT_CATEGORIES, report
-from components.train import train_stage1, train_stage2
+from components.report import report
+from components.train import train
 
 
 @dataclasses.dataclass(frozen=True)
 class Components:
     """One KFP component per pipeline step."""
 
-    ingest: object  # raw files -> Dataset (Beam; Dataflow when beam_args say so)
-    train_stage1: object  # Dataset -> Stage I Model
-    train_stage2: object  # Dataset + Stage I Model -> one category's Model
+    configure: object  # experiment parameter -> validated view of it per step
+    raw_data_version: object  # raw-data URI -> content version (never cached)
+    ingest: object  # imported raw data -> Dataset (Beam; Dataflow when beam_args say so)
+    train: object  # Dataset (+ Stage I Model) -> Stage I Model or one category's Model
     evaluate: object  # Dataset + Model -> one category's evaluation folder and Metrics
-    report: object  # evaluation folders -> Table 2-style Markdown and HTML
+    report: object  # collected evaluation folders -> Table 2-style Markdown and HTML
 
 
 def make_components(images: ImageSet | None = None, accelerator: str = "cpu") -> Components:
@@ -46,9 +51,10 @@ def make_components(images: ImageSet | None = None, accelerator: str = "cpu") ->
         return dsl.component(function, base_image=image, install_kfp_package=False)
 
     return Components(
-        ingest=on(images.cpu, ingest),
-        train_stage1=on(heavy_image, train_stage1),
-        train_stage2=on(heavy_image, train_stage2),
+        configure=on(images.cpu, configure),
+        raw_data_version=on(images.ingest, raw_data_version),
+        ingest=on(images.ingest, ingest),
+        train=on(heavy_image, train),
         evaluate=on(heavy_image, evaluate),
         report=on(images.cpu, report),
     )
@@ -58,16 +64,18 @@ __all__ = [
     "ACCELERATOR_IMAGE",
     "CALREC_CUDA_IMAGE",
     "CALREC_IMAGE",
+    "CALREC_INGEST_IMAGE",
     "CALREC_TPU_IMAGE",
+    "IMAGE_COMPONENTS",
     "IMAGE_EXTRAS",
     "IMAGE_JAX_EXTRA",
-    "MAX_REPORT_CATEGORIES",
     "Components",
     "ImageSet",
+    "configure",
     "evaluate",
     "ingest",
     "make_components",
+    "raw_data_version",
     "report",
-    "train_stage1",
-    "train_stage2",
+    "train",
 ]

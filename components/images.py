@@ -2,8 +2,10 @@
 
 Components are Python functions shipped inside the project's own images (the package is
 pip-installed there), so the same function runs in KFP's local subprocess runner and in a
-container on Vertex AI. Cloud Build builds every image below from ``docker/<name>.Dockerfile``
-and compiles the pipeline with the ``$COMMIT_SHA`` tags through these environment variables.
+container on Vertex AI. Each image serves one group of steps and installs only that group's
+setup.py extras, pinned by its own hash lock (``docker/locks/<image>.txt``), so one group's
+dependencies (e.g. Beam's) never constrain another's. Cloud Build builds every image from
+``docker/<image>.Dockerfile`` and compiles the pipeline with their ``$COMMIT_SHA`` tags.
 """
 
 from __future__ import annotations
@@ -11,20 +13,35 @@ from __future__ import annotations
 import dataclasses
 import os
 
-# Artifact Registry repository the images are pushed to (Cloud Build substitutes the project).
+# Artifact Registry repository the images are pushed to (a placeholder until one is named).
 DEFAULT_REGISTRY = "us-docker.pkg.dev/PROJECT/calrec"
+PLACEHOLDER_PROJECT = "/PROJECT/"
 
-# Image name -> setup.py extras it installs (and the JAX flavour, "" for the CPU wheels).
+# Image name -> setup.py extras it installs.
 IMAGE_EXTRAS = {
-    "calrec": ("data", "train", "eval", "pipelines"),
-    "calrec-cuda": ("train", "eval", "pipelines"),
-    "calrec-tpu": ("train", "eval", "pipelines"),
+    "calrec-ingest": ("data", "components"),
+    "calrec": ("train", "eval", "components"),
+    "calrec-cuda": ("train", "eval", "components"),
+    "calrec-tpu": ("train", "eval", "components"),
 }
-IMAGE_JAX_EXTRA = {"calrec": "", "calrec-cuda": "cuda12", "calrec-tpu": "tpu"}
+# Image name -> JAX flavour installed on top ("" for the CPU wheels the extras bring).
+IMAGE_JAX_EXTRA = {"calrec-ingest": "", "calrec": "", "calrec-cuda": "cuda12", "calrec-tpu": "tpu"}
+# Image name -> component modules it runs (Cloud Build imports each inside the image).
+IMAGE_COMPONENTS = {
+    "calrec-ingest": ("components.data_version", "components.ingest"),
+    "calrec": ("components.configure", "components.train", "components.evaluate",
+               "components.report"),
+    "calrec-cuda": ("components.train", "components.evaluate"),
+    "calrec-tpu": ("components.train", "components.evaluate"),
+}
+# The client lock (compile, submit, upload) is no image: Cloud Build installs it in a venv.
+CLIENT_LOCK_EXTRAS = ("pipelines",)
 
 # Which image runs the heavy steps (training, generation) for each accelerator choice.
 ACCELERATOR_IMAGE = {"cpu": "calrec", "gpu": "calrec-cuda", "tpu": "calrec-tpu"}
 
+CALREC_INGEST_IMAGE = os.environ.get("CALREC_INGEST_IMAGE",
+                                     f"{DEFAULT_REGISTRY}/calrec-ingest:latest")
 CALREC_IMAGE = os.environ.get("CALREC_IMAGE", f"{DEFAULT_REGISTRY}/calrec:latest")
 CALREC_CUDA_IMAGE = os.environ.get("CALREC_CUDA_IMAGE", f"{DEFAULT_REGISTRY}/calrec-cuda:latest")
 CALREC_TPU_IMAGE = os.environ.get("CALREC_TPU_IMAGE", f"{DEFAULT_REGISTRY}/calrec-tpu:latest")
@@ -34,7 +51,8 @@ CALREC_TPU_IMAGE = os.environ.get("CALREC_TPU_IMAGE", f"{DEFAULT_REGISTRY}/calre
 class ImageSet:
     """Fully qualified image references, one per image in IMAGE_EXTRAS."""
 
-    cpu: str = CALREC_IMAGE  # Ingest, report, and every step of a CPU run.
+    ingest: str = CALREC_INGEST_IMAGE  # Raw-data version and ingestion (Beam).
+    cpu: str = CALREC_IMAGE  # Report, and training and evaluation of a CPU run.
     cuda: str = CALREC_CUDA_IMAGE  # Training and evaluation on NVIDIA GPUs (jax[cuda12]).
     tpu: str = CALREC_TPU_IMAGE  # Training and evaluation on Cloud TPU (jax[tpu]).
 
@@ -42,8 +60,8 @@ class ImageSet:
     def tagged(cls, registry: str, tag: str) -> ImageSet:
         """Every image of ``registry`` at one tag (Cloud Build passes the commit SHA)."""
         registry = registry.rstrip("/")
-        return cls(cpu=f"{registry}/calrec:{tag}", cuda=f"{registry}/calrec-cuda:{tag}",
-                   tpu=f"{registry}/calrec-tpu:{tag}")
+        return cls(ingest=f"{registry}/calrec-ingest:{tag}", cpu=f"{registry}/calrec:{tag}",
+                   cuda=f"{registry}/calrec-cuda:{tag}", tpu=f"{registry}/calrec-tpu:{tag}")
 
     def for_accelerator(self, accelerator: str) -> str:
         """The image that runs training and evaluation on ``accelerator`` (cpu, gpu, tpu)."""
@@ -52,3 +70,9 @@ class ImageSet:
                 f"unknown accelerator {accelerator!r}; choose one of {sorted(ACCELERATOR_IMAGE)}"
             )
         return {"cpu": self.cpu, "gpu": self.cuda, "tpu": self.tpu}[accelerator]
+
+    def placeholders(self, accelerator: str) -> list[str]:
+        """The images a build on ``accelerator`` would use that still name the placeholder
+        project (nobody can pull them)."""
+        used = (self.ingest, self.cpu, self.for_accelerator(accelerator))
+        return sorted({image for image in used if PLACEHOLDER_PROJECT in image})

@@ -6,9 +6,11 @@ the functions here only translate between KFP artifacts and calrec_core's plain 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
+import signal
 
 # Vertex AI mounts Cloud Storage into every pipeline container under /gcs (Cloud Storage FUSE).
 _GCS_PREFIX = "gs://"
@@ -79,30 +81,6 @@ def artifact_subpath(path, artifact_path: str) -> str:
     return relative.as_posix() or "."
 
 
-def restore_integers(value):
-    """Undoes the JSON round trip of pipeline parameters, which turns every int into a float."""
-    if isinstance(value, dict):
-        return {key: restore_integers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [restore_integers(item) for item in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def write_image_html(image_path, html_path: str, title: str) -> None:
-    """An HTML page holding the PNG inline (artifact viewers show a single file)."""
-    import base64
-    import html
-
-    encoded = base64.b64encode(pathlib.Path(image_path).read_bytes()).decode("ascii")
-    pathlib.Path(html_path).write_text(
-        f"<html><body><h2>{html.escape(title)}</h2>"
-        f"<img src='data:image/png;base64,{encoded}'></body></html>",
-        encoding="utf-8",
-    )
-
-
 def stage_summary(result) -> tuple[dict, dict]:
     """(artifact metadata, metrics) of a calrec_core.train StageResult.
 
@@ -116,3 +94,89 @@ def stage_summary(result) -> tuple[dict, dict]:
     metrics = {"selected_step": result.selected_step,
                f"selected_{result.metric_name}": result.best_metric}
     return json_metadata(summary), metrics
+
+
+def gcs_uri(path: str) -> str:
+    """The inverse of local_path: ``/gcs/bucket/x`` -> ``gs://bucket/x``; others unchanged."""
+    return _GCS_PREFIX + path[len(_FUSE_ROOT):] if path.startswith(_FUSE_ROOT) else path
+
+
+# Unresolved placeholders look like this (a backend without the placeholder leaves it as is).
+_PLACEHOLDER_START = "{{$"
+
+
+def work_dir(checkpoint_root: str, pipeline_root: str, run_id: str, task: str,
+             output_path: str) -> str:
+    """The run-scoped folder for ``task``'s resumable state (checkpoints, metrics, events).
+
+    ``<checkpoint_root>/<run_id>/<task>``; an empty ``checkpoint_root`` means
+    ``<pipeline_root>/checkpoints``. A retried task of the same run finds its checkpoints
+    there and resumes. If the backend left the placeholders unresolved, the folder sits next
+    to the task's output artifact (still per run and task, never inside the artifact).
+    """
+    root = checkpoint_root or (f"{pipeline_root.rstrip('/')}/checkpoints"
+                               if pipeline_root and _PLACEHOLDER_START not in pipeline_root
+                               else "")
+    if not root or not run_id or _PLACEHOLDER_START in run_id:
+        return str(pathlib.Path(output_path).parent / f"{task}-work")
+    return local_path(f"{root.rstrip('/')}/{run_id}/{task}")
+
+
+def compilation_cache_dir(jax_cache_dir: str, checkpoint_root: str, pipeline_root: str) -> str:
+    """Where JAX keeps compiled programs, shared by every run: ``jax_cache_dir``; "" means
+    ``<checkpoint root>/jax-cache``; "off" disables the cache (returns "")."""
+    if jax_cache_dir == "off":
+        return ""
+    if jax_cache_dir:
+        return local_path(jax_cache_dir)
+    root = checkpoint_root or (f"{pipeline_root.rstrip('/')}/checkpoints"
+                               if pipeline_root and _PLACEHOLDER_START not in pipeline_root
+                               else "")
+    return local_path(f"{root.rstrip('/')}/jax-cache") if root else ""
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Points JAX's persistent compilation cache at ``directory`` ("" leaves it off), caching
+    every program that took over a second to compile (retries and later runs reuse them)."""
+    if not directory:
+        return
+    import jax
+
+    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+class StepTimeout(TimeoutError):
+    """The step ran past its time limit (KFP retries it; training resumes its checkpoint)."""
+
+
+@contextlib.contextmanager
+def deadline(hours: float, what: str):
+    """Raises StepTimeout inside the block once it has run ``hours`` (0: no limit).
+
+    Vertex AI has no per-task timeout for container steps, so the step keeps its own (on the
+    main thread, through SIGALRM); the failure then goes through the task's retry policy.
+    """
+    if not hours or hours <= 0:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise StepTimeout(f"{what} ran past its limit of {hours:g} h (pipeline parameter "
+                          "'timeout_hours')")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, hours * 3600.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def export_model(selected_dir: str, model_path: str) -> None:
+    """Copies the selected export (only it) into the Model artifact's folder."""
+    import shutil
+
+    shutil.copytree(selected_dir, model_path, dirs_exist_ok=True)

@@ -1,97 +1,82 @@
-"""Training steps: Stage I (all categories jointly) and Stage II (one category)."""
+"""Training step: Stage I (all categories jointly) or Stage II (one category from Stage I).
+
+The Model artifact holds the exported selected model only. Resumable checkpoints (with the
+optimizer state), metrics.jsonl and the TensorBoard events live in the run-scoped work
+folder (components.runtime.work_dir), where a retried task resumes.
+"""
 
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 
-def train_stage1(
+def train(
     dataset: Input[Dataset],
-    preset: str,
-    alpha: float,
-    beta: float,
-    temperature: float,
-    learning_rate: float,
-    batch_size: int,
-    steps: int,
-    overrides: list,
+    experiment: str,
+    stage: int,
+    checkpoint_root: str,
+    pipeline_root: str,
+    run_id: str,
+    jax_cache_dir: str,
+    timeout_hours: float,
+    machine: list,
     model: Output[Model],
     training_metrics: Output[Metrics],
     loss_curves: Output[HTML],
+    category: str = "",
+    init_model: Input[Model] = None,
 ):
-    """Stage I of CALRec (§3.3): multi-category joint fine-tuning, selected on validation."""
+    """Stage ``stage`` of CALRec (§3.3) through calrec_core.experiment.steps.train_stage: Stage I
+    on every category, or Stage II on ``category`` from ``init_model``. ``experiment`` is the
+    experiment's training view (JSON text from the configure step); ``machine`` (cpu, memory,
+    accelerator type, count) is what the task asked for, kept in the metadata (passing it also
+    carries those parameters into the per-category loop)."""
+    import json
     import os
-    import tempfile
 
-    from calrec_core.train import TrainConfig, plot_losses, run_stage1
+    from calrec_core.experiment import ExperimentConfig
+    from calrec_core.experiment.steps import (
+        loss_curves_html,
+        stage_name,
+        stage_train_config,
+        train_stage,
+    )
+    from calrec_core.train.metrics import TENSORBOARD_DIR
     from components.runtime import (
-        artifact_subpath,
+        compilation_cache_dir,
+        deadline,
+        enable_compilation_cache,
+        export_model,
+        gcs_uri,
         json_metadata,
         log_numbers,
         stage_summary,
-        write_image_html,
+        work_dir,
     )
 
-    config = TrainConfig.preset(preset).replace(
-        alpha=alpha, beta=beta, temperature=temperature, learning_rate=learning_rate,
-        batch_size=batch_size, stage1_steps=steps,
-    ).with_overrides(overrides)
-    result = run_stage1(dataset.path, model.path, config)
+    config = ExperimentConfig.from_dict(json.loads(experiment))
+    task = stage_name(stage, category)
+    work = work_dir(checkpoint_root, pipeline_root, run_id, task, model.path)
+    enable_compilation_cache(compilation_cache_dir(jax_cache_dir, checkpoint_root,
+                                                   pipeline_root))
+    init = (os.path.join(init_model.path, init_model.metadata["checkpoint_subdir"])
+            if init_model is not None else None)
+    with deadline(timeout_hours, task):
+        result = train_stage(config, stage, dataset.path, work, category=category or None,
+                             init=init)
+    export_model(result.checkpoint_dir, model.path)
     summary, selection = stage_summary(result)
-    model.metadata["stage"] = 1
-    model.metadata["config"] = json_metadata(config.to_dict())
+    model.metadata["stage"] = stage
+    if category:
+        model.metadata["category"] = category
+    if init_model is not None:
+        model.metadata["init_model"] = init_model.uri
+    model.metadata["machine"] = [str(value) for value in machine]
+    model.metadata["config"] = json_metadata(stage_train_config(config, stage).to_dict())
     model.metadata["result"] = summary
-    model.metadata["checkpoint_subdir"] = artifact_subpath(result.checkpoint_dir, model.path)
+    model.metadata["checkpoint_subdir"] = "."  # the artifact is the export itself
     model.metadata["selected_step"] = int(result.selected_step)
+    model.metadata["work_dir"] = gcs_uri(str(work))
+    model.metadata["tensorboard_logdir"] = gcs_uri(os.path.join(str(work), TENSORBOARD_DIR))
     log_numbers(training_metrics, selection)
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_losses([model.path], os.path.join(scratch, "losses.png"), labels=["stage I"])
-        write_image_html(plot, loss_curves.path, "Stage I training losses")
-
-
-def train_stage2(
-    dataset: Input[Dataset],
-    init_model: Input[Model],
-    category: str,
-    preset: str,
-    alpha: float,
-    beta: float,
-    temperature: float,
-    learning_rate: float,
-    batch_size: int,
-    steps: int,
-    overrides: list,
-    model: Output[Model],
-    training_metrics: Output[Metrics],
-    loss_curves: Output[HTML],
-):
-    """Stage II of CALRec (§3.3): fine-tunes the Stage I model on one category."""
-    import os
-    import tempfile
-
-    from calrec_core.train import TrainConfig, plot_losses, run_stage2
-    from components.runtime import (
-        artifact_subpath,
-        json_metadata,
-        log_numbers,
-        stage_summary,
-        write_image_html,
-    )
-
-    config = TrainConfig.preset(preset).replace(
-        alpha=alpha, beta=beta, temperature=temperature, learning_rate=learning_rate,
-        batch_size=batch_size, stage2_steps=steps,
-    ).with_overrides(overrides)
-    init_checkpoint = os.path.join(init_model.path, init_model.metadata["checkpoint_subdir"])
-    result = run_stage2(dataset.path, category, init_checkpoint, model.path, config)
-    summary, selection = stage_summary(result)
-    model.metadata["stage"] = 2
-    model.metadata["category"] = category
-    model.metadata["init_model"] = init_model.uri
-    model.metadata["config"] = json_metadata(config.to_dict())
-    model.metadata["result"] = summary
-    model.metadata["checkpoint_subdir"] = artifact_subpath(result.checkpoint_dir, model.path)
-    model.metadata["selected_step"] = int(result.selected_step)
-    log_numbers(training_metrics, selection)
-    with tempfile.TemporaryDirectory() as scratch:
-        plot = plot_losses([model.path], os.path.join(scratch, "losses.png"),
-                           labels=[f"stage II {category}"])
-        write_image_html(plot, loss_curves.path, f"Stage II training losses: {category}")
+    label = "stage I" if stage == 1 else f"stage II {category}"
+    with open(loss_curves.path, "w", encoding="utf-8") as stream:
+        stream.write(loss_curves_html(work, label))

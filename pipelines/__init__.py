@@ -6,15 +6,16 @@ Names load on first use (PEP 562), so ``calrec --help`` does not import KFP or t
 import importlib
 
 _EXPORTS = {
-    "BASELINES": "pipelines.dag",
     "PIPELINE_NAME": "pipelines.dag",
     "BuildOptions": "pipelines.dag",
     "build_pipeline": "pipelines.dag",
-    "eval_categories": "pipelines.dag",
+    "compiled_categories": "pipelines.dag",
+    "compiled_experiment": "pipelines.dag",
     "compile_pipeline": "pipelines.compile",
     "load_pipeline_spec": "pipelines.compile",
     "LocalRunResult": "pipelines.local",
-    "fingerprint_files": "pipelines.local",
+    "data_version": "components.raw_manifest",
+    "manifest": "components.raw_manifest",
     "run_local": "pipelines.local",
     "VertexTarget": "pipelines.vertex",
     "check_labels": "pipelines.vertex",

@@ -1,9 +1,13 @@
-"""The CALRec DAG: ingest -> Stage I -> Stage II per category -> evaluate per category -> report.
+"""The CALRec DAG: configure, and raw-data version -> import raw data -> ingest -> Stage I ->
+(per category: Stage II -> evaluate) -> report over the collected evaluations.
 
-The per-category fan-out is expanded when the pipeline is built (KFP's local runner cannot be
-relied on for ParallelFor), so ``build_pipeline`` takes the evaluation categories and returns a
-``@dsl.pipeline`` function. Everything else (roles, presets, loss weights, sampling) is a
-pipeline parameter whose default comes from the named preset.
+The experiment (roles, training, evaluation, baselines: one ExperimentConfig) is ONE pipeline
+parameter, ``experiment``, whose default is the experiment the pipeline was compiled with; the
+configure step validates it and hands each step the part it reads. The evaluation categories
+are fixed when the pipeline is built (a ParallelFor over them, collected into the report), and
+the configure step refuses a run-time experiment whose roles do not make them 'eval'. The
+other parameters are operational: data, Beam, checkpoints, resources, timeouts. The pipeline
+trains the experiment's ``calrec`` variant (the ablations are ``calrec experiment``'s).
 """
 
 
@@ -13,12 +17,22 @@ from typing import NamedTuple
 
 from kfp.dsl import HTML, Markdown
 
-from components import MAX_REPORT_CATEGORIES, ImageSet, make_components
+from calrec_core.experiment import ExperimentConfig
+from calrec_core.experiment.steps import as_parameter
+from components import ImageSet, make_components
 
 PIPELINE_NAME = "calrec"
-BASELINES = ("lir", "pretrained")
 # Default accelerator per accelerator family, for Vertex AI's machine spec.
 DEFAULT_ACCELERATOR_TYPE = {"cpu": "", "gpu": "NVIDIA_L4", "tpu": "TPU_V5_LITEPOD"}
+# CPU and memory of the training and evaluation steps per accelerator family (Vertex AI runs
+# each step on the smallest machine type with these and the accelerators): n2-standard-8,
+# g2-standard-8 (one L4), ct5lp-hightpu-1t (one v5e chip).
+DEFAULT_HEAVY_RESOURCES = {"cpu": ("8", "32G"), "gpu": ("8", "32G"), "tpu": ("24", "48G")}
+# The same for the raw-data version and ingest steps (DirectRunner works in the container).
+DEFAULT_INGEST_RESOURCES = ("4", "16G")
+# Retry back-off of training and evaluation: 60 s, then doubling, retried within 2 h.
+RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0,
+                 "backoff_max_duration": "7200s"}
 
 
 class PipelineOutputs(NamedTuple):
@@ -28,116 +42,148 @@ class PipelineOutputs(NamedTuple):
     report_html: HTML  # The same with the opt/pes bar plot inlined.
 
 
-def eval_categories(roles: Mapping) -> list[str]:
-    """Names of the categories whose role is ``eval`` (the ones Stage II and evaluation cover)."""
-    from calrec_core.data import roles_config_from_dict
+def compiled_categories(pipeline_spec: Mapping) -> list[str]:
+    """The evaluation categories a compiled spec was built for (the configure task's constant)."""
+    for task in pipeline_spec["root"]["dag"]["tasks"].values():
+        if task["taskInfo"]["name"] == "configure":
+            value = task["inputs"]["parameters"]["eval_categories"]["runtimeValue"]["constant"]
+            return list(value)
+    raise ValueError("the pipeline spec has no configure task: is it a calrec pipeline?")
 
-    config = roles_config_from_dict(dict(roles), source="roles")
-    return [category.name for category in config.categories if category.role == "eval"]
+
+def compiled_experiment(pipeline_spec: Mapping) -> ExperimentConfig:
+    """The experiment a compiled spec runs by default (its ``experiment`` parameter's)."""
+    parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+    if "experiment" not in parameters:
+        raise ValueError("the pipeline spec has no 'experiment' parameter: recompile it")
+    return ExperimentConfig.from_dict(parameters["experiment"]["defaultValue"])
 
 
-def _check_categories(categories: Sequence[str], roles: Mapping) -> list[str]:
+def _check_categories(categories: Sequence[str], experiment: ExperimentConfig) -> list[str]:
     categories = list(categories)
     if not categories:
         raise ValueError("build_pipeline needs at least one evaluation category")
     if len(set(categories)) != len(categories):
         raise ValueError(f"categories named twice: {categories}")
-    if len(categories) > MAX_REPORT_CATEGORIES:
-        raise ValueError(
-            f"{len(categories)} categories; the report step takes at most {MAX_REPORT_CATEGORIES}"
-        )
-    allowed = eval_categories(roles)
-    wrong = [name for name in categories if name not in allowed]
+    wrong = [name for name in categories if name not in experiment.eval_categories]
     if wrong:
-        raise ValueError(f"categories {wrong} do not have role 'eval' in the roles {allowed}")
+        raise ValueError(f"categories {wrong} do not have role 'eval' in the roles "
+                         f"{list(experiment.eval_categories)}")
     return categories
 
 
 def build_pipeline(
-    categories: Sequence[str],
-    roles: Mapping,
+    experiment: ExperimentConfig,
     *,
-    preset: str = "demo",
+    categories: Sequence[str] | None = None,
     images: ImageSet | None = None,
     accelerator: str = "cpu",
     name: str = PIPELINE_NAME,
+    retries: int = 2,
 ):
-    """A ``@dsl.pipeline`` function over ``categories`` (each must have role 'eval' in ``roles``).
+    """A ``@dsl.pipeline`` function whose ``experiment`` parameter defaults to ``experiment``.
 
-    ``roles`` is the roles mapping of configs/*.yaml and the default of the ``roles`` parameter;
-    ``preset`` (tiny, demo, paper) gives every other parameter's default; ``accelerator`` (cpu,
-    gpu, tpu) picks the image of the training and evaluation steps, and on gpu/tpu the
-    ``accelerator_type``/``accelerator_count`` parameters request the devices on Vertex AI.
+    ``categories`` (default: every eval category of the experiment's roles; each must have
+    role 'eval') get one Stage II and evaluation each; ``accelerator`` (cpu, gpu, tpu) picks
+    the image of the training and evaluation steps, and on gpu/tpu the
+    ``accelerator_type``/``accelerator_count`` parameters request the devices on Vertex AI;
+    ``retries`` is how often a failed training or evaluation attempt is retried (with
+    back-off; training resumes from its run-scoped checkpoints).
     """
     from kfp import dsl
 
-    from calrec_core.eval.config import EvalConfig
-    from calrec_core.train.config import TrainConfig
-
-    roles = dict(roles)
-    categories = _check_categories(categories, roles)
+    categories = _check_categories(
+        experiment.eval_categories if categories is None else categories, experiment)
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     steps = make_components(images, accelerator)
-    train = TrainConfig.preset(preset)
-    evaluation = EvalConfig.preset(preset)
+    default_experiment = as_parameter(experiment)
     on_accelerator = accelerator != "cpu"
+    heavy_cpu, heavy_memory = DEFAULT_HEAVY_RESOURCES[accelerator]
 
-    def place(task, accelerator_type, accelerator_count):
+    def resources(task, cpu, memory):
+        return (task.set_cpu_request(cpu).set_cpu_limit(cpu)
+                .set_memory_request(memory).set_memory_limit(memory))
+
+    def heavy(task, cpu, memory, accelerator_type, accelerator_count):
+        """Training and evaluation: resources, devices and retries with back-off."""
+        resources(task, cpu, memory)
         if on_accelerator:
             task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
+        if retries:
+            task.set_retry(num_retries=retries, **RETRY_BACKOFF)
         return task
 
     @dsl.pipeline(name=name, description="CALRec: ingest, two-stage fine-tuning, evaluation.")
     def calrec_pipeline(
         raw_data_uri: str,
+        # "" = a hash of the raw files' manifest, computed at run time (components.raw_manifest).
         raw_data_version: str = "",
-        roles: dict = roles,
+        # The experiment's roles, train, eval and own fields (steps.as_parameter).
+        experiment: dict = default_experiment,
         beam_args: list = [],  # noqa: B006 (KFP reads defaults from the signature)
-        # Fields not exposed below come from these presets (the ones below override them).
-        train_preset: str = preset,
-        alpha: float = train.alpha,
-        beta: float = train.beta,
-        tau: float = train.temperature,
-        learning_rate: float = train.learning_rate,
-        batch_size: int = train.batch_size,
-        stage1_steps: int = train.stage1_steps,
-        stage2_steps: int = train.stage2_steps,
-        train_overrides: list = [],  # noqa: B006
-        eval_preset: str = preset,
-        n_gen: int = evaluation.n_gen,
-        n_preds: int = evaluation.n_preds,
-        eval_temperature: float = evaluation.temperature,
-        eval_max_users: int = evaluation.max_users or 0,
-        eval_seed: int = evaluation.seed,
         split: str = "test",
-        baselines: list = list(BASELINES),  # noqa: B006
+        # Resumable training state: <checkpoint_root>/<run id>/<task> ("" = <root>/checkpoints).
+        checkpoint_root: str = "",
+        # JAX compilation cache shared by runs ("" = <checkpoint root>/jax-cache, "off").
+        jax_cache_dir: str = "",
+        # Limit of one training or evaluation attempt (0 = none); a timeout is retried.
+        timeout_hours: float = 24.0,
+        cpu_limit: str = heavy_cpu,
+        memory_limit: str = heavy_memory,
+        ingest_cpu_limit: str = DEFAULT_INGEST_RESOURCES[0],
+        ingest_memory_limit: str = DEFAULT_INGEST_RESOURCES[1],
         accelerator_type: str = DEFAULT_ACCELERATOR_TYPE[accelerator],
         accelerator_count: int = 1 if on_accelerator else 0,
     ) -> PipelineOutputs:
-        hyperparameters = dict(
-            preset=train_preset, alpha=alpha, beta=beta, temperature=tau,
-            learning_rate=learning_rate, batch_size=batch_size, overrides=train_overrides,
-        )
-        ingest = steps.ingest(
-            raw_data_uri=raw_data_uri, roles=roles, beam_args=beam_args,
-            raw_data_version=raw_data_version,
-        ).set_display_name("ingest")
+        placement = dict(cpu=cpu_limit, memory=memory_limit, accelerator_type=accelerator_type,
+                         accelerator_count=accelerator_count)
+        state = dict(checkpoint_root=checkpoint_root, pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                     jax_cache_dir=jax_cache_dir, timeout_hours=timeout_hours)
+        version = resources(steps.raw_data_version(
+            raw_data_uri=raw_data_uri, version=raw_data_version,
+        ), ingest_cpu_limit, ingest_memory_limit).set_display_name("raw-data-version")
+        version.set_caching_options(False)  # the files behind the URI may have changed
+        views = steps.configure(
+            experiment=experiment, eval_categories=list(categories),
+        ).set_display_name("configure")
+        # Lineage starts at the source: the raw files become an artifact with their version.
+        raw_data = dsl.importer(
+            artifact_uri=raw_data_uri, artifact_class=dsl.Dataset, reimport=False,
+            metadata={"raw_data_version": version.output},
+        ).set_display_name("raw-data")
+        ingest = resources(steps.ingest(
+            raw_data=raw_data.output, roles=views.outputs["ingest"], beam_args=beam_args,
+            raw_data_version=version.output,
+        ), ingest_cpu_limit, ingest_memory_limit).set_display_name("ingest")
         dataset = ingest.outputs["dataset"]
-        stage1 = place(steps.train_stage1(
-            dataset=dataset, steps=stage1_steps, **hyperparameters,
-        ), accelerator_type, accelerator_count).set_display_name("train-stage1")
-        evaluations = {}
-        for category in categories:
-            stage2 = place(steps.train_stage2(
-                dataset=dataset, init_model=stage1.outputs["model"], category=category,
-                steps=stage2_steps, **hyperparameters,
-            ), accelerator_type, accelerator_count).set_display_name(f"train-stage2-{category}")
-            evaluate = place(steps.evaluate(
+        # Recorded by the heavy tasks; passing it makes KFP carry the placement parameters
+        # into the loop (it does not for parameters used only in resource settings).
+        machine = [cpu_limit, memory_limit, accelerator_type, accelerator_count]
+        training = dict(dataset=dataset, experiment=views.outputs["train"],
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, machine=machine, **state)
+        stage1 = heavy(steps.train(stage=1, **training),
+                       **placement).set_display_name("train-stage1")
+        with dsl.ParallelFor(list(categories), name="categories") as category:
+            # Each iteration reads its views from the experiment parameter itself: KFP's local
+            # runner (2.17) replaces a task output that enters a loop with the loop item.
+            category_views = steps.configure(
+                experiment=experiment, eval_categories=list(categories),
+            ).set_display_name("configure-category")
+            stage2 = heavy(steps.train(
+                stage=2, category=category, init_model=stage1.outputs["model"],
+                **{**training, "experiment": category_views.outputs["train"]},
+            ), **placement).set_display_name("train-stage2")
+            evaluate = heavy(steps.evaluate(
                 dataset=dataset, model=stage2.outputs["model"], category=category,
-                preset=eval_preset, n_gen=n_gen, n_preds=n_preds, temperature=eval_temperature,
-                max_users=eval_max_users, seed=eval_seed, split=split, baselines=baselines,
-            ), accelerator_type, accelerator_count).set_display_name(f"evaluate-{category}")
-            evaluations[f"evaluation_{len(evaluations)}"] = evaluate.outputs["evaluation"]
-        report = steps.report(**evaluations).set_display_name("report")
+                experiment=category_views.outputs["evaluate"], split=split,
+                jax_cache_dir=jax_cache_dir, checkpoint_root=checkpoint_root,
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER, timeout_hours=timeout_hours,
+                machine=machine,
+            ), **placement).set_display_name("evaluate")
+        report = steps.report(
+            evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+        ).set_display_name("report")
         return PipelineOutputs(report.outputs["report"], report.outputs["report_html"])
 
     calrec_pipeline.categories = tuple(categories)
@@ -148,12 +194,13 @@ def build_pipeline(
 class BuildOptions:
     """What fixes the DAG's shape and images (everything else is a run-time parameter)."""
 
-    categories: tuple[str, ...]  # Evaluation categories, one Stage II and evaluate task each.
-    roles: dict  # Roles mapping (configs/*.yaml); the default of the 'roles' parameter.
-    preset: str = "demo"  # Preset giving the parameter defaults: tiny, demo or paper.
+    experiment: ExperimentConfig  # The default of the 'experiment' parameter.
+    # Evaluation categories, one Stage II and evaluate task each (None: the experiment's).
+    categories: tuple[str, ...] | None = None
     accelerator: str = "cpu"  # cpu, gpu or tpu: image and devices of the heavy steps.
     images: ImageSet = dataclasses.field(default_factory=ImageSet)  # Images to run on.
+    retries: int = 2  # Retries (with back-off) of each training and evaluation task.
 
     def build(self):
-        return build_pipeline(self.categories, self.roles, preset=self.preset,
-                              images=self.images, accelerator=self.accelerator)
+        return build_pipeline(self.experiment, categories=self.categories, images=self.images,
+                              accelerator=self.accelerator, retries=self.retries)

@@ -5,21 +5,21 @@ pip-installed; the steps import the installed package). Caching: kfp 2.17's loca
 a file cache (``<output>/cache``) keyed on each task's component, image, command, parameters
 and input artifact URIs. A re-run with identical inputs therefore reuses every step, and the
 cached outputs keep their first run's URIs, so downstream keys match too. The raw data enter
-the key through ``raw_data_version``, a hash of the input files computed here, so changed data
-re-run ingestion (and, through new artifact URIs, everything after it).
+the key through the never-cached raw-data-version step (a hash of the files' manifest), so
+changed data re-run ingestion (and, through new artifact URIs, everything after it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import pathlib
 import shutil
 import warnings
 
+from calrec_core.experiment import ExperimentConfig
 from components import ImageSet
-from pipelines.dag import build_pipeline, eval_categories
+from pipelines.dag import build_pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,20 +30,6 @@ class LocalRunResult:
     report_html: pathlib.Path  # Copy of the report step's HTML at <output>/report.html.
     report_artifact: str  # URI of the report artifact inside the pipeline root.
     pipeline_root: pathlib.Path  # Every task's artifacts, one folder per run and task.
-
-
-def fingerprint_files(folder) -> str:
-    """SHA-256 over the relative names and contents of every file under ``folder``."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"raw data folder {folder} does not exist")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_docker_sdk() -> None:
@@ -61,31 +47,37 @@ def _check_docker_sdk() -> None:
 
 def run_local(
     data_dir,
-    roles: dict,
+    experiment: ExperimentConfig,
     output_dir,
     *,
-    preset: str = "demo",
     categories: list[str] | None = None,
     parameters: dict | None = None,
     enable_caching: bool = True,
 ) -> LocalRunResult:
-    """Runs the DAG over ``data_dir`` (raw files) with ``roles``; returns where the report is.
+    """Runs the DAG over ``data_dir`` (raw files) with ``experiment``; returns where the report
+    is.
 
-    ``parameters`` override pipeline parameters (names as in build_pipeline's signature).
+    ``parameters`` set operational pipeline parameters (names as in build_pipeline's
+    signature; the experiment is ``experiment``'s alone); resumable training state goes to
+    ``<output>/checkpoints`` unless they name a ``checkpoint_root``.
     """
     _check_docker_sdk()
     from kfp import local
 
     data_dir = pathlib.Path(data_dir).resolve()
     output_dir = pathlib.Path(output_dir).resolve()
-    categories = list(categories) if categories else eval_categories(roles)
-    pipeline = build_pipeline(categories, roles, preset=preset, images=ImageSet())
-    arguments = {"raw_data_uri": str(data_dir), "raw_data_version": fingerprint_files(data_dir)}
-    unknown = sorted(set(parameters or {}) - set(pipeline.component_spec.inputs))
+    pipeline = build_pipeline(experiment, categories=categories, images=ImageSet())
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"raw data folder {data_dir} does not exist")
+    parameters = dict(parameters or {})
+    if "experiment" in parameters:
+        raise ValueError("the experiment is run_local's own argument, not a parameter")
+    unknown = sorted(set(parameters) - set(pipeline.component_spec.inputs))
     if unknown:
         raise ValueError(f"unknown pipeline parameters {unknown}; the pipeline takes "
                          f"{sorted(pipeline.component_spec.inputs)}")
-    arguments.update(parameters or {})
+    arguments = {"raw_data_uri": str(data_dir),
+                 "checkpoint_root": str(output_dir / "checkpoints"), **parameters}
     pipeline_root = output_dir / "pipeline_root"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -56,3 +56,64 @@ def test_parse_rejects_malformed_text():
     assert parse_item_text("") is None
     assert parse_item_text("Brand: x. Title: y. Category: z. Price: w.") is None
     assert isinstance(parse_item_text("Title: a. Category: b. Brand: c. Price: d"), ItemAttributes)
+
+
+# Markup residue (strip_markup), on strings copied from the 2018 metadata files.
+def test_markup_residue_on_real_strings():
+    # Magazine_Subscriptions titles that are the tail of an image's alt attribute.
+    assert clean_text(' Magazines" />') == "Magazines"
+    assert clean_text(' Magazines" />', strip_markup=False) == 'Magazines" />'
+    assert clean_text("Industrial & Scientific />") == "Industrial & Scientific"
+    # Titles cut inside a tag carry nothing of the item.
+    assert make_attributes(title='<span class="a-size-medium a-color-secondary"').title == UNKNOWN
+    # HTML entities, some escaped twice (Office_Products, Gift_Cards).
+    assert clean_text("Quartet&reg; Chalkboard, 14&quot; x 14&quot;, Wood Finish Frame") == (
+        'Quartet® Chalkboard, 14" x 14", Wood Finish Frame'
+    )
+    assert clean_text(" Maggiano&#39;s Gift Card") == "Maggiano's Gift Card"
+    assert clean_text("Texas Parks &amp;amp; Wildlife") == "Texas Parks & Wildlife"
+    # A "<" that opens no tag is text; the earlier cleaning cut the title there.
+    assert clean_text("Spacer 5 < 6 inch") == "Spacer 5 < 6 inch"
+    assert clean_text("Spacer 5 < 6 inch", strip_markup=False) == "Spacer 5"
+    # An arrow is not a tag end.
+    assert clean_text("Next page ->") == "Next page ->"
+
+
+def test_list_valued_brands():
+    assert make_attributes(brand=["Sharpie", "", "Sharpie ", "AT&amp;T"]).brand == "Sharpie, AT&T"
+    assert make_attributes(brand="['Elmer&#39;s', 'X-Acto']").brand == "Elmer's, X-Acto"
+    legacy = make_attributes(brand=["Sharpie", "AT&T"], strip_markup=False).brand
+    assert legacy == "['Sharpie', 'AT&T']"
+    assert make_attributes(brand="[not a list").brand == "[not a list"
+
+
+def _residue(path, strip_markup: bool) -> int:
+    import gzip
+
+    from calrec_core.data.raw import BadLine, parse_meta
+    from calrec_core.item_text import has_markup_residue
+
+    count = 0
+    with gzip.open(path, "rb") as lines:
+        for raw in lines:
+            try:
+                _, attributes = parse_meta(raw, strip_markup=strip_markup)
+            except BadLine:
+                continue
+            count += has_markup_residue(format_item(attributes))
+    return count
+
+
+def test_no_markup_residue_left_in_the_bundled_sample(sample_dir):
+    paths = sorted(sample_dir.glob("meta_*.json.gz"))
+    assert paths
+    for path in paths:
+        assert _residue(path, strip_markup=True) == 0, path
+
+
+def test_no_markup_residue_left_in_real_metadata(shared_data):
+    magazines = shared_data / "amazon2018" / "meta_Magazine_Subscriptions.json.gz"
+    assert _residue(magazines, strip_markup=False) >= 10  # the ' Magazines" />' titles
+    assert _residue(magazines, strip_markup=True) == 0
+    office = shared_data / "office2014" / "meta_Office_Products.json.gz"
+    assert _residue(office, strip_markup=True) == 0

@@ -7,43 +7,38 @@ Output layout of ``run_ingest`` / ``calrec ingest`` (what training and evaluatio
     <out>/<Category>/{train,valid,test}-SSSSS-of-NNNNN.tfrecord   one Example per user
     <out>/<Category>/corpus.parquet      asin, title, category, brand, price, text (by asin)
     <out>/dead_letter/{reviews,metadata}.jsonl   bad lines with file, line and reason
+    <out>/INCOMPLETE                     only while an ingest runs or after one failed: every
+                                         reader refuses the folder (the file says why)
 
 Example features: user_id, category, asins, texts, timestamps; for valid/test the target is
-the last element. Importing this package does not import Beam; ``run_ingest`` does, lazily.
+the last element. Names load on first use (PEP 562): importing this package imports neither
+Beam nor the TFRecord codec; the roles config needs only PyYAML.
 """
 
-from calrec_core.data.config import (
-    CategoryRole,
-    RolesConfig,
-    load_roles_config,
-    roles_config_from_dict,
-    roles_preset,
-)
-from calrec_core.data.ingest import run_ingest
-from calrec_core.data.reader import (
-    has_split,
-    iter_split,
-    load_corpus,
-    load_mixture,
-    load_stats,
-    read_examples,
-)
-from calrec_core.data.records import SPLITS, decode_example, encode_example
+import importlib
 
-__all__ = [
-    "SPLITS",
-    "CategoryRole",
-    "RolesConfig",
-    "decode_example",
-    "encode_example",
-    "has_split",
-    "iter_split",
-    "load_corpus",
-    "load_mixture",
-    "load_roles_config",
-    "load_stats",
-    "read_examples",
-    "roles_config_from_dict",
-    "roles_preset",
-    "run_ingest",
-]
+_EXPORTS = {
+    "CategoryRole": "calrec_core.data.config",
+    "RolesConfig": "calrec_core.data.config",
+    "load_roles_config": "calrec_core.data.config",
+    "roles_config_from_dict": "calrec_core.data.config",
+    "roles_preset": "calrec_core.data.config",
+    "run_ingest": "calrec_core.data.ingest",
+    "has_split": "calrec_core.data.reader",
+    "iter_split": "calrec_core.data.reader",
+    "load_corpus": "calrec_core.data.reader",
+    "load_mixture": "calrec_core.data.reader",
+    "load_stats": "calrec_core.data.reader",
+    "read_examples": "calrec_core.data.reader",
+    "SPLITS": "calrec_core.data.records",
+    "decode_tf_example": "calrec_core.data.records",
+    "encode_tf_example": "calrec_core.data.records",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'calrec_core.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

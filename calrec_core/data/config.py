@@ -12,6 +12,9 @@ import math
 
 import yaml
 
+from calrec_core.data.mixture import PAPER_EXPONENT
+from calrec_core.overrides import check_preset
+
 ROLES = ("pretrain", "validation", "eval")
 # Splits each role writes, and the fewest deduplicated events a user needs for them.
 SPLITS_BY_ROLE = {
@@ -54,7 +57,7 @@ class RolesConfig:
 
     categories: tuple[CategoryRole, ...]  # In config order; names are unique.
     seed: int = 0  # Seeds the per-user sampling hash; same seed => same users.
-    mixture_exponent: float = 0.3  # Stage I weight of a category is |U| ** exponent (§3.3).
+    mixture_exponent: float = PAPER_EXPONENT  # Stage I weight of a category: |U| ** this (§3.3).
     records_per_shard: int = 20_000  # Examples per TFRecord shard (shard count follows).
 
     def __post_init__(self):
@@ -110,23 +113,34 @@ def roles_config_from_dict(raw: object, source: str = "config") -> RolesConfig:
     try:
         return RolesConfig(
             categories=tuple(categories),
-            seed=raw.get("seed", 0),
-            mixture_exponent=raw.get("mixture_exponent", 0.3),
-            records_per_shard=raw.get("records_per_shard", 20_000),
+            seed=_integral(raw.get("seed", 0)),
+            mixture_exponent=raw.get("mixture_exponent", PAPER_EXPONENT),
+            records_per_shard=_integral(raw.get("records_per_shard", 20_000)),
         )
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
 
+def _integral(value):
+    """An integral float as an int: JSON pipeline parameters (KFP) carry every number as one."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def load_roles_config(path) -> RolesConfig:
-    """Reads and validates a roles YAML file (see configs/sample.yaml)."""
+    """Reads and validates a roles YAML file (see configs/sample.yaml); errors name the file."""
     try:
         with open(path, encoding="utf-8") as stream:
             raw = yaml.safe_load(stream)
     except FileNotFoundError:
         raise FileNotFoundError(f"roles config {path} not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"roles config {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"roles config {path} is not UTF-8 text ({error.reason} at byte "
+                         f"{error.start})") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
+        message = " ".join(str(error).split())
+        raise ValueError(f"{path}: not valid YAML: {message}") from None
     return roles_config_from_dict(raw, source=str(path))
 
 
@@ -158,6 +172,4 @@ PRESETS = {
 
 
 def roles_preset(name: str) -> RolesConfig:
-    if name not in PRESETS:
-        raise KeyError(f"unknown roles preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS[check_preset(name)]

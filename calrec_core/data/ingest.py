@@ -2,17 +2,36 @@
 
 Config and missing/empty-file problems raise before the pipeline is built, naming the
 file. Beam options (runner, workers) pass through unchanged; the default is DirectRunner.
+
+Dataflow: ``-- --runner DataflowRunner --project P --region R --temp_location gs://...`` runs
+the same stages on Dataflow and waits for the job, so the stats and the marker below are
+handled through Beam's FileSystems on ``gs://`` exactly as on local folders. Workers start from
+the project's ingest image (``--sdk_container_image``, else ``$CALREC_INGEST_IMAGE``), which
+already holds calrec; see ``dataflow_worker_args``.
+
+Completeness: an ``INCOMPLETE`` marker is written into the output folder before anything else
+and removed only when the run succeeded, so a crashed, killed or refused run never leaves
+output that looks complete; the readers (``calrec_core.data.reader``) refuse a marked folder.
+A category that ends with no users fails the run (``allow_empty_categories`` accepts it).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 
 from calrec_core.data.config import RolesConfig, load_roles_config
-from calrec_core.data.reader import CORPUS_FILE, MIXTURE_FILE, STATS_FILE
+from calrec_core.data.reader import CORPUS_FILE, INCOMPLETE_FILE, MIXTURE_FILE, STATS_FILE
+from calrec_core.errors import CalrecError, InputError
+
+# The ingest image the Dataflow workers start from when --sdk_container_image is not given.
+WORKER_IMAGE_ENV = "CALREC_INGEST_IMAGE"
+# What ReadLinesFn raises for a damaged stream, found again in the runner's wrapped error.
+_INPUT_ERROR = re.compile(r"[^\s'\"]+: unreadable after line \d+: [^\n'\"\[\]]*")
 
 
-def build_pipeline(pipeline, sources, config: RolesConfig, output_dir: str):
+def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str):
     """Adds every ingestion stage to ``pipeline``; returns the stats PCollection."""
     import apache_beam as beam
 
@@ -22,6 +41,8 @@ def build_pipeline(pipeline, sources, config: RolesConfig, output_dir: str):
     metadata = pipeline | "ReadMetadata" >> t.ReadMetadata(sources)
     sequences = reviews["reviews"] | "BuildUserSequences" >> t.BuildUserSequences(
         sources, config.seed)
+    items_before_filter = sequences[t.ITEMS_BEFORE_FILTER] | (
+        "CountItemsBeforeFilter" >> t.CountItemsBeforeFilter())
     corpus = {"sequences": sequences.sequences, "items": metadata["items"]} | (
         "BuildCorpus" >> t.BuildCorpus())
     examples = {"sequences": sequences.sequences, "corpus": corpus} | (
@@ -35,7 +56,8 @@ def build_pipeline(pipeline, sources, config: RolesConfig, output_dir: str):
         "FlattenDeadLetters" >> beam.Flatten()) | "WriteDeadLetters" >> t.WriteDeadLetters(
         output_dir)
     counts = (
-        reviews[t.COUNTS], metadata[t.COUNTS], sequences[t.COUNTS], shard_counts, corpus_counts
+        reviews[t.COUNTS], metadata[t.COUNTS], sequences[t.COUNTS], items_before_filter,
+        shard_counts, corpus_counts,
     ) | "FlattenCounters" >> beam.Flatten()
     return {"counts": counts, "mixture": mixture} | "WriteStats" >> t.WriteStats(
         output_dir, sources)
@@ -59,12 +81,97 @@ def _remove_previous_outputs(output_dir: str, sources) -> None:
         FileSystems.delete(paths)
 
 
+def _input_error(error: BaseException) -> str | None:
+    """The one-line message of an unreadable input file inside a runner's error, if any."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, InputError):
+            # In-process runners re-raise it with " [while running '<step>']" appended.
+            return str(seen).split(" [while running")[0].splitlines()[0].strip()
+        seen = seen.__cause__ or seen.__context__
+    # Runners in other processes hand back the text only.
+    match = _INPUT_ERROR.search(str(error))
+    return match.group(0).strip() if match else None
+
+
+def dataflow_worker_args(beam_args: Sequence[str]) -> list[str]:
+    """``beam_args``, with the workers' container image added for a Dataflow run.
+
+    Dataflow workers must import calrec. They start from ``--sdk_container_image`` (the
+    calrec-ingest image: calrec and its locked dependencies, nothing built at start-up) or,
+    when it is not given, from ``$CALREC_INGEST_IMAGE``. An explicit ``--setup_file`` is left
+    alone. With neither, this refuses before anything is written or staged: a default Beam
+    container would fail on every worker at the first calrec import.
+    """
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        SetupOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
+
+    args = list(beam_args)
+    options = PipelineOptions(args)
+    if "dataflow" not in (options.view_as(StandardOptions).runner or "").lower():
+        return args
+    worker = options.view_as(WorkerOptions)
+    if (worker.sdk_container_image or worker.worker_harness_container_image
+            or options.view_as(SetupOptions).setup_file):
+        return args
+    image = os.environ.get(WORKER_IMAGE_ENV)
+    if image:
+        return [*args, f"--sdk_container_image={image}"]
+    raise CalrecError(
+        "Dataflow workers need calrec: pass --sdk_container_image=REGISTRY/calrec-ingest:TAG "
+        f"after `--` (or set {WORKER_IMAGE_ENV})")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    import pathlib
+
+    if "://" in output_dir:
+        return
+    path = pathlib.Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise CalrecError(f"output {output_dir} is a file, not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CalrecError(f"output {output_dir}: {parent} is a file, not a folder")
+            break
+
+
+def _write_text(path: str, text: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as stream:
+        stream.write(text.encode("utf-8"))
+
+
+def empty_categories(stats: dict) -> list[str]:
+    return [name for name, counts in stats["categories"].items() if counts["users"] == 0]
+
+
+def _empty_message(stats: dict, names: list[str]) -> str:
+    details = []
+    for name in names:
+        counts = stats["categories"][name]
+        details.append(f"{name} (read {counts['read']}, dead letter {counts['dead_letter']}, "
+                       f"too short {counts['filtered_users']['too_short']} users, sampled out "
+                       f"{counts['filtered_users']['user_sampled_out']} users)")
+    return ("no users left in " + "; ".join(details)
+            + "; see dead_letter/ in the output, or pass --allow-empty-categories")
+
+
 def run_ingest(
-    input_dir, config_path, output_dir, beam_args: Sequence[str] = (), config=None
+    input_dir, config_path, output_dir, beam_args: Sequence[str] = (), config=None,
+    allow_empty_categories: bool = False,
 ) -> dict:
     """Ingests ``input_dir`` per the roles YAML into ``output_dir``; returns the stats.
 
-    ``config`` (a RolesConfig) may replace ``config_path`` (pass None) for presets.
+    ``config`` (a RolesConfig) may replace ``config_path`` (pass None) for presets. Raises
+    ``CalrecError`` for an unreadable input file or (unless ``allow_empty_categories``) a
+    category left without users; the output then stays marked incomplete.
     """
     import json
 
@@ -77,10 +184,30 @@ def run_ingest(
     if config is None:
         config = load_roles_config(config_path)
     input_dir, output_dir = str(input_dir), str(output_dir)
+    options = PipelineOptions(dataflow_worker_args(beam_args))
+    # Our own gs:// reads and writes (sources, marker, stats) use the run's options too.
+    FileSystems.set_options(options)
     sources = resolve_sources(input_dir, config)
+    _check_output_dir(output_dir)
+    marker = FileSystems.join(output_dir, INCOMPLETE_FILE)
+    _write_text(marker, "calrec ingest started here and has not finished\n")
     _remove_previous_outputs(output_dir, sources)
-    options = PipelineOptions(list(beam_args))
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, sources, config, output_dir)
+    try:
+        # Leaving the block waits for the run to finish (on Dataflow, for the job's end state).
+        with beam.Pipeline(options=options) as pipeline:
+            add_ingestion_stages(pipeline, sources, config, output_dir)
+    except Exception as error:
+        message = _input_error(error)
+        if message is None:
+            raise
+        _write_text(marker, message + "\n")
+        raise InputError(message) from None
     with FileSystems.open(FileSystems.join(output_dir, STATS_FILE)) as stream:
-        return json.loads(stream.read().decode("utf-8"))
+        stats = json.loads(stream.read().decode("utf-8"))
+    empty = empty_categories(stats)
+    if empty and not allow_empty_categories:
+        message = _empty_message(stats, empty)
+        _write_text(marker, message + "\n")
+        raise CalrecError(message)
+    FileSystems.delete([marker])
+    return stats

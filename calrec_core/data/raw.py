@@ -2,7 +2,9 @@
 
 Reviews and metadata are JSON lines as published; some published metadata files hold
 Python-literal lines (single quotes), read with ``ast.literal_eval`` (never ``eval``). A line
-that cannot be used raises ``BadLine`` with a short reason that becomes a dead-letter record.
+that cannot be used raises ``BadLine`` with a short reason that becomes a dead-letter record,
+including valid JSON the outputs cannot hold: a lone surrogate escape (``"\\ud83d"``) in a field
+that is kept has no UTF-8 encoding, and a time outside int64 does not fit a TFRecord.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import re
 from typing import NamedTuple
 
 from calrec_core.item_text import ItemAttributes, clean_text, make_attributes
+
+# unixReviewTime is stored as a TFRecord int64.
+MIN_TIMESTAMP, MAX_TIMESTAMP = -(2**63), 2**63 - 1
 
 
 class BadLine(ValueError):
@@ -48,12 +53,29 @@ def decode_line(raw: bytes) -> str:
     return text
 
 
+def _check_encodable(value: object, field: str) -> None:
+    """Raises when a kept string (or one nested in a list/dict) holds a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadLine(f"unpaired_surrogate_{field}") from None
+    elif isinstance(value, (list, tuple)):
+        for entry in value:
+            _check_encodable(entry, field)
+    elif isinstance(value, dict):
+        for key, entry in value.items():
+            _check_encodable(key, field)
+            _check_encodable(entry, field)
+
+
 def _required_string(row: dict, field: str) -> str:
     value = row.get(field)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadLine(f"missing_{field}")
     if not isinstance(value, str):
         raise BadLine(f"bad_{field}")
+    _check_encodable(value, field)
     return value
 
 
@@ -64,12 +86,16 @@ def _timestamp(row: dict) -> int:
     if isinstance(value, bool):
         raise BadLine("bad_unixReviewTime")
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise BadLine("bad_unixReviewTime")
+        timestamp = int(value)
+    elif isinstance(value, int):
+        timestamp = value
+    elif isinstance(value, float) and value.is_integer():
+        timestamp = int(value)
+    else:
+        raise BadLine("bad_unixReviewTime")
+    if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
+        raise BadLine("out_of_range_unixReviewTime")
+    return timestamp
 
 
 def _rating(row: dict) -> float:
@@ -98,6 +124,7 @@ def parse_review(raw: bytes, line: int) -> Review:
         raise BadLine("not_an_object")
     review_text = row.get("reviewText")
     review_text = "" if review_text is None else str(review_text)
+    _check_encodable(review_text, "reviewText")
     return Review(
         user_id=_required_string(row, "reviewerID"),
         asin=_required_string(row, "asin"),
@@ -149,15 +176,21 @@ def item_category(row: dict) -> str:
     return ""
 
 
-def parse_meta(raw: bytes) -> tuple[str, ItemAttributes]:
-    """One metadata line -> (asin, attributes); raises ``BadLine``."""
+def parse_meta(raw: bytes, strip_markup: bool = True) -> tuple[str, ItemAttributes]:
+    """One metadata line -> (asin, attributes); raises ``BadLine``.
+
+    strip_markup: drop scraping residue from the attributes (see calrec_core.item_text).
+    """
     row = _load_meta_row(decode_line(raw))
     asin = _required_string(row, "asin")
+    for field in ("title", "brand", "price", "main_cat", "category"):
+        _check_encodable(row.get(field), field)
     attributes = make_attributes(
         title=row.get("title"),
         category=item_category(row),
         brand=row.get("brand"),
         price=row.get("price"),
+        strip_markup=strip_markup,
     )
     return asin, attributes
 

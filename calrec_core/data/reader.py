@@ -1,7 +1,8 @@
 """Reads what ``calrec ingest`` wrote: examples, item corpus, mixture and statistics.
 
 Only the standard library, protobuf and (for the corpus) pandas/pyarrow are needed, so the
-training and evaluation images read the data without Apache Beam.
+training and evaluation images read the data without Apache Beam. Every reader refuses a folder
+that an unfinished or failed ingest marked ``INCOMPLETE``.
 """
 
 from __future__ import annotations
@@ -9,18 +10,30 @@ from __future__ import annotations
 import json
 import pathlib
 
-from calrec_core.data.records import SHARD_PATTERN, SPLITS, decode_example, iter_records
+from calrec_core.data.records import SHARD_PATTERN, SPLITS, decode_tf_example, iter_records
+from calrec_core.errors import CalrecError
 
 STATS_FILE = "stats.json"
 MIXTURE_FILE = "mixture.json"
 CORPUS_FILE = "corpus.parquet"
 CORPUS_COLUMNS = ("asin", "title", "category", "brand", "price", "text")
+INCOMPLETE_FILE = "INCOMPLETE"  # present while an ingest runs and after one that failed
+
+
+def check_complete(data_dir) -> None:
+    """Raises when ``data_dir`` holds the output of an ingest that did not finish."""
+    marker = pathlib.Path(data_dir) / INCOMPLETE_FILE
+    if marker.is_file():
+        reason = marker.read_text(encoding="utf-8", errors="replace").strip()
+        raise CalrecError(f"{data_dir} holds an incomplete ingest ({reason}); "
+                          "rerun calrec ingest into it")
 
 
 def shard_paths(data_dir, category: str, split: str) -> list[pathlib.Path]:
     """The complete, ordered shard list of one split; raises when shards are missing."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    check_complete(data_dir)
     folder = pathlib.Path(data_dir) / category
     if not folder.is_dir():
         raise FileNotFoundError(f"no ingested category folder {folder}")
@@ -43,7 +56,7 @@ def iter_split(data_dir, category: str, split: str):
     for path in shard_paths(data_dir, category, split):
         with open(path, "rb") as stream:
             for record in iter_records(stream):
-                yield decode_example(record)
+                yield decode_tf_example(record)
 
 
 def read_examples(data_dir, category: str, split: str) -> list[dict]:
@@ -59,6 +72,7 @@ def load_corpus(data_dir, category: str):
     """The category's item corpus as a DataFrame (asin, title, category, brand, price, text)."""
     import pandas as pd
 
+    check_complete(data_dir)
     path = pathlib.Path(data_dir) / category / CORPUS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no corpus at {path}")
@@ -66,9 +80,16 @@ def load_corpus(data_dir, category: str):
 
 
 def _load_json(path: pathlib.Path) -> dict:
+    check_complete(path.parent)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `calrec ingest` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CalrecError(f"{path} is corrupt ({error}); rerun calrec ingest") from None
+    if not isinstance(document, dict):
+        raise CalrecError(f"{path} is corrupt (not a JSON object); rerun calrec ingest")
+    return document
 
 
 def load_mixture(data_dir) -> dict:

@@ -84,7 +84,7 @@ def _build_example_class():
 Example = _build_example_class()
 
 
-def encode_example(example: dict) -> bytes:
+def encode_tf_example(example: dict) -> bytes:
     """Serialises one user example (see module docstring) to ``tf.train.Example`` bytes."""
     lengths = {len(example[name]) for name in (*BYTES_LIST_FEATURES, *INT64_LIST_FEATURES)}
     if len(lengths) != 1:
@@ -101,7 +101,7 @@ def encode_example(example: dict) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def decode_example(data: bytes) -> dict:
+def decode_tf_example(data: bytes) -> dict:
     """Parses ``tf.train.Example`` bytes back into python str/list/int values."""
     proto = Example.FromString(data)
     features = proto.features.feature

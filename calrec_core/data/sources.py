@@ -33,6 +33,14 @@ def _exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def _folder_exists(path: str) -> bool:
+    """A local folder exists; a gs:// "folder" is only a prefix, there when it holds a file."""
+    if "://" not in path:
+        return _exists(path)
+    pattern = FileSystems.join(path.rstrip("/"), "*")
+    return any(result.metadata_list for result in FileSystems.match([pattern], limits=[1]))
+
+
 def open_lines(path: str):
     """A binary line stream over a plain or gzip file (decided by the .gz suffix)."""
     stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -62,7 +70,7 @@ def _find(input_dir: str, stem: str, required: bool) -> str | None:
 
 def resolve_sources(input_dir: str, config: RolesConfig) -> list[CategorySource]:
     """Every category's files, or a clear error naming the missing/empty/ambiguous file."""
-    if not _exists(input_dir):
+    if not _folder_exists(input_dir):
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
     sources = []
     for category in config.categories:

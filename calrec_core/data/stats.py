@@ -1,4 +1,4 @@
-"""Ingestion statistics: accounting, the Stage I mixture and CALRec's Table 1 columns.
+"""Ingestion statistics: accounting and CALRec's Table 1 columns.
 
 Pure functions over the counters the pipeline gathers, so the numbers are checkable
 without Beam and ``calrec stats`` can print them for a person.
@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from calrec_core.item_text import UNKNOWN, ItemAttributes
 
 FILTER_REASONS = ("too_short", "user_sampled_out")
+# Counted after sampling and dedup but before the minimum-length filter, so Table 1 can be
+# reconciled with a plain count of the file (a user with too few events is still a user).
+BEFORE_FILTER = ("users", "items", "purchases")
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -35,19 +38,6 @@ def corpus_word_stats(items: Iterable[ItemAttributes]) -> dict:
     return {"items": num_items, "word_tokens": sum(counts.values()), "word_vocab_size": len(counts)}
 
 
-def mixture_weights(users: Mapping[str, int], exponent: float = 0.3) -> dict:
-    """Stage I sampling weights proportional to |U| ** exponent, normalised to sum to 1 (§3.3)."""
-    raw = {name: (count**exponent if count > 0 else 0.0) for name, count in users.items()}
-    total = sum(raw.values())
-    if total <= 0:
-        raise ValueError("no category has users with training sequences; nothing to mix")
-    return {
-        "exponent": exponent,
-        "weights": {name: raw[name] / total for name in sorted(raw)},
-        "users": {name: int(users[name]) for name in sorted(users)},
-    }
-
-
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / denominator if denominator else 0.0
 
@@ -56,7 +46,12 @@ def table1_row(counts: Mapping[str, int]) -> dict:
     """CALRec Table 1 columns from one category's counters."""
     users, items, purchases = counts["users"], counts["items"], counts["purchases"]
     before_dedup = purchases + counts["strict_duplicates"] + counts["filtered"]["too_short"]
+    before_filter = counts.get("before_filter", {})
     return {
+        # Before the minimum-length filter (after sampling and dedup); see BEFORE_FILTER.
+        "users_before_filter": before_filter.get("users", users),
+        "items_before_filter": before_filter.get("items", items),
+        "purchases_before_filter": before_filter.get("purchases", purchases),
         "users": users,
         "duplicate_purchases_pct": 100.0 * _ratio(counts["strict_duplicates"], before_dedup),
         "items": items,
@@ -71,7 +66,8 @@ def table1_row(counts: Mapping[str, int]) -> dict:
 
 
 def check_accounting(category: str, counts: Mapping) -> None:
-    """read = kept + strict_duplicates + dead_letter + filtered; raises when it does not hold."""
+    """read = kept + strict_duplicates + dead_letter + filtered, and the counts before the
+    minimum-length filter = after it + what it removed; raises when either does not hold."""
     filtered = sum(counts["filtered"].values())
     total = counts["kept"] + counts["strict_duplicates"] + counts["dead_letter"] + filtered
     if counts["read"] != total:
@@ -80,9 +76,25 @@ def check_accounting(category: str, counts: Mapping) -> None:
             f"duplicates {counts['strict_duplicates']} + dead letter {counts['dead_letter']} + "
             f"filtered {filtered}"
         )
+    before = counts.get("before_filter")
+    if before is None:
+        return
+    pairs = (
+        ("users", before["users"], counts["users"] + counts["filtered_users"]["too_short"]),
+        ("purchases", before["purchases"], counts["kept"] + counts["filtered"]["too_short"]),
+    )
+    for name, got, expected in pairs:
+        if got != expected:
+            raise RuntimeError(f"{category}: accounting mismatch: {name} before the length "
+                               f"filter {got} != kept + too short {expected}")
+    if before["items"] < counts["items"]:
+        raise RuntimeError(f"{category}: accounting mismatch: items before the length filter "
+                           f"{before['items']} < after it {counts['items']}")
 
 
 _TABLE_COLUMNS = (
+    ("users_before_filter", "Users (all)", "{:d}"),
+    ("items_before_filter", "Items (all)", "{:d}"),
     ("users", "# Users", "{:d}"),
     ("duplicate_purchases_pct", "% Dup", "{:.1f}%"),
     ("items", "# Items", "{:d}"),
@@ -97,7 +109,10 @@ _TABLE_COLUMNS = (
 
 
 def format_table(stats: Mapping) -> str:
-    """Table 1 (plus role, dead letters, filtered and mixture weight) as aligned text."""
+    """Table 1 (plus role, dead letters, filtered and mixture weight) as aligned text.
+
+    "(all)" columns count users and items before the minimum-length filter; the rest after it.
+    """
     from tabulate import tabulate
 
     headers = ["Category", "Role", *(title for _, title, _ in _TABLE_COLUMNS),
@@ -108,7 +123,8 @@ def format_table(stats: Mapping) -> str:
         rows.append([
             name,
             category["role"],
-            *(fmt.format(table[key]) for key, _, fmt in _TABLE_COLUMNS),
+            *(fmt.format(table.get(key, table[key.replace("_before_filter", "")]))
+              for key, _, fmt in _TABLE_COLUMNS),
             category["dead_letter"],
             sum(category["filtered"].values()),
             category["items_without_metadata"],

@@ -8,6 +8,7 @@ the runner, the worker count or bundle boundaries.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import zlib
@@ -17,6 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from calrec_core.data import records
+from calrec_core.data.mixture import mixture_weights
 from calrec_core.data.raw import BadLine, Review, parse_meta, parse_review, preview
 from calrec_core.data.reader import CORPUS_COLUMNS, CORPUS_FILE, MIXTURE_FILE, STATS_FILE
 from calrec_core.data.sequences import (
@@ -27,16 +29,18 @@ from calrec_core.data.sequences import (
 )
 from calrec_core.data.sources import CategorySource, open_lines
 from calrec_core.data.stats import (
+    BEFORE_FILTER,
     FILTER_REASONS,
     check_accounting,
     corpus_word_stats,
-    mixture_weights,
     table1_row,
 )
+from calrec_core.errors import InputError
 from calrec_core.item_text import ItemAttributes, format_item
 
 COUNTS = "counts"
 DEAD_LETTER = "dead_letter"
+ITEMS_BEFORE_FILTER = "items_before_filter"  # (category, asin) of every sampled user's events
 DEAD_LETTER_KINDS = ("reviews", "metadata")
 LENGTH_PREFIX = "length:"  # counter of users by deduplicated sequence length
 
@@ -52,11 +56,17 @@ def _dead_letter(kind: str, category: str, path: str, line: int, reason: str, ra
     }
 
 
+def input_error_message(path: str, number: int, error: BaseException) -> str:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return f"{path}: unreadable after line {number}: {reason}"
+
+
 @beam.typehints.with_output_types(Any)
 class ReadLinesFn(beam.DoFn):
     """(category, path) -> (category, path, line number, raw bytes) for every line.
 
-    Counts the file's lines once (tagged ``counts``) rather than per line.
+    Counts the file's lines once (tagged ``counts``) rather than per line. A UTF-8 byte-order
+    mark opening the file is not part of its first record, so it is stripped.
     """
 
     def __init__(self, metric: str):
@@ -68,10 +78,13 @@ class ReadLinesFn(beam.DoFn):
         try:
             with open_lines(path) as stream:
                 for number, raw in enumerate(stream, start=1):
+                    if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                        raw = raw[len(codecs.BOM_UTF8):]
                     yield category, path, number, raw
         except (OSError, EOFError, zlib.error) as error:
-            # A damaged compressed stream hides how many lines were lost: stop loudly.
-            raise RuntimeError(f"{path}: unreadable after line {number}: {error}") from error
+            # A damaged compressed stream hides how many lines were lost: stop loudly. The
+            # message is one line; run_ingest finds it again inside the runner's wrapping.
+            raise InputError(input_error_message(path, number, error)) from error
         yield beam.pvalue.TaggedOutput(COUNTS, ((category, self._metric), number))
 
 
@@ -163,7 +176,9 @@ class ReadMetadata(beam.PTransform):
 class BuildSequenceFn(beam.DoFn):
     """One user's reviews -> sampled, chronological, strictly deduplicated, long enough.
 
-    Emits (category, user_id, ((asin, timestamp), ...)) and the counters of what it dropped.
+    Emits (category, user_id, ((asin, timestamp), ...)), the counters of what it dropped, the
+    users/purchases before the minimum-length filter and, tagged ``items_before_filter``, the
+    (category, asin) of those purchases (Table 1 counted with and without the filter).
     """
 
     def __init__(self, rules: dict, seed: int):
@@ -183,6 +198,10 @@ class BuildSequenceFn(beam.DoFn):
         kept, duplicates = strict_dedup(chronological(reviews))
         if duplicates:
             yield beam.pvalue.TaggedOutput(COUNTS, ((category, "strict_duplicates"), duplicates))
+        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "before_filter:users"), 1))
+        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "before_filter:purchases"), len(kept)))
+        for asin in sorted({event.asin for event in kept}):
+            yield beam.pvalue.TaggedOutput(ITEMS_BEFORE_FILTER, (category, asin))
         if len(kept) < min_events:
             yield beam.pvalue.TaggedOutput(COUNTS, ((category, "filtered:too_short"), len(kept)))
             yield beam.pvalue.TaggedOutput(COUNTS, ((category, "users:too_short"), 1))
@@ -198,7 +217,8 @@ def _user_key(category: str, review: Review):
 
 
 class BuildUserSequences(beam.PTransform):
-    """(category, Review) -> outputs ``sequences`` and ``counts`` (see BuildSequenceFn)."""
+    """(category, Review) -> outputs ``sequences``, ``counts`` and ``items_before_filter``
+    (see BuildSequenceFn)."""
 
     def __init__(self, sources: list[CategorySource], seed: int):
         super().__init__()
@@ -211,7 +231,19 @@ class BuildUserSequences(beam.PTransform):
             | "KeyByUser" >> beam.MapTuple(_user_key)
             | "GroupByUser" >> beam.GroupByKey()
             | "SortDedupFilter" >> beam.ParDo(BuildSequenceFn(self._rules, self._seed))
-            .with_outputs(COUNTS, main="sequences")
+            .with_outputs(COUNTS, ITEMS_BEFORE_FILTER, main="sequences")
+        )
+
+
+class CountItemsBeforeFilter(beam.PTransform):
+    """(category, asin) of sampled users' events -> ((category, "before_filter:items"), n)."""
+
+    def expand(self, items):
+        return (
+            items
+            | "DistinctItemsBeforeFilter" >> beam.Distinct()
+            | "OnePerItemBeforeFilter" >> beam.MapTuple(
+                lambda category, _: ((category, "before_filter:items"), 1))
         )
 
 
@@ -263,7 +295,7 @@ class SplitSequenceFn(beam.DoFn):
                 "texts": [texts[(category, asin)] for asin, _ in prefix],
                 "timestamps": [timestamp for _, timestamp in prefix],
             }
-            yield (category, split), (user_id, records.encode_example(example))
+            yield (category, split), (user_id, records.encode_tf_example(example))
 
 
 class SplitByRole(beam.PTransform):
@@ -454,7 +486,9 @@ class ComputeMixture(beam.PTransform):
             | "FlattenUserCounts" >> beam.Flatten()
             | "UsersPerCategory" >> beam.CombinePerKey(sum)
             | "CollectUserCounts" >> beam.combiners.ToDict()
-            | "MixtureWeights" >> beam.Map(mixture_weights, exponent=self._exponent)
+            # A category without users is reported by run_ingest, not raised mid-pipeline.
+            | "MixtureWeights" >> beam.Map(mixture_weights, exponent=self._exponent,
+                                           allow_empty=True)
         )
 
 
@@ -487,6 +521,7 @@ def assemble_stats(counters: dict, sources: list[CategorySource], mixture: dict)
             "dead_letter": get("dead_letter"),
             "filtered": {reason: get(f"filtered:{reason}") for reason in FILTER_REASONS},
             "filtered_users": {reason: get(f"users:{reason}") for reason in FILTER_REASONS},
+            "before_filter": {name: get(f"before_filter:{name}") for name in BEFORE_FILTER},
             "users": get("users"),
             "items": get("items"),
             "purchases": get("kept"),

@@ -1,41 +1,40 @@
 """Evaluation: sampling + quasi-round-robin BM25 fusion, hierarchical matching, tie-aware
 metrics, baselines (LIR, pretrained, GPT4Rec template) and reports (CALRec §3.5, §4-§6).
 
-Importing this package pulls in numpy/scipy only; models load inside the functions that
-need them.
+Names load on first use (PEP 562), so ``EvalConfig`` imports without scipy or the model;
+models load inside the functions that need them.
 """
 
-from calrec_core.eval.bm25 import BM25Index, tokenize
-from calrec_core.eval.catalog import Catalog, build_catalog, load_catalog
-from calrec_core.eval.config import EvalConfig
-from calrec_core.eval.evaluate import EvalResult, evaluate_split, run_evaluation, summarize
-from calrec_core.eval.fusion import fuse_scores, quasi_round_robin, select_samples
-from calrec_core.eval.hierarchical import HierarchicalMatcher, MatchCounts
-from calrec_core.eval.metrics import paired_t_test, target_ranks, user_metrics
-from calrec_core.eval.recommend import recommend
-from calrec_core.eval.report import write_report
-from calrec_core.eval.scoring import METHODS
+import importlib
 
-__all__ = [
-    "METHODS",
-    "BM25Index",
-    "Catalog",
-    "EvalConfig",
-    "EvalResult",
-    "HierarchicalMatcher",
-    "MatchCounts",
-    "build_catalog",
-    "evaluate_split",
-    "fuse_scores",
-    "load_catalog",
-    "paired_t_test",
-    "quasi_round_robin",
-    "recommend",
-    "run_evaluation",
-    "select_samples",
-    "summarize",
-    "target_ranks",
-    "tokenize",
-    "user_metrics",
-    "write_report",
-]
+_EXPORTS = {
+    "BM25Index": "calrec_core.eval.bm25",
+    "tokenize": "calrec_core.eval.bm25",
+    "Catalog": "calrec_core.eval.catalog",
+    "build_catalog": "calrec_core.eval.catalog",
+    "load_catalog": "calrec_core.eval.catalog",
+    "EvalConfig": "calrec_core.eval.config",
+    "EvalResult": "calrec_core.eval.evaluate",
+    "evaluate_split": "calrec_core.eval.evaluate",
+    "run_evaluation": "calrec_core.eval.evaluate",
+    "summarize": "calrec_core.eval.evaluate",
+    "fuse_scores": "calrec_core.eval.fusion",
+    "quasi_round_robin": "calrec_core.eval.fusion",
+    "select_samples": "calrec_core.eval.fusion",
+    "HierarchicalMatcher": "calrec_core.eval.hierarchical",
+    "MatchCounts": "calrec_core.eval.hierarchical",
+    "paired_t_test": "calrec_core.eval.metrics",
+    "target_ranks": "calrec_core.eval.metrics",
+    "user_metrics": "calrec_core.eval.metrics",
+    "recommend": "calrec_core.eval.recommend",
+    "write_report": "calrec_core.eval.report",
+    "METHODS": "calrec_core.eval.scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'calrec_core.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
+
+import numpy as np
 
 from calrec_core.eval.bm25 import BM25Index
 from calrec_core.eval.config import EvalConfig
@@ -23,6 +27,31 @@ class Catalog:
     @property
     def size(self) -> int:
         return len(self.asins)
+
+    @functools.cached_property
+    def _rows_by_key(self) -> dict[str, list[int]]:
+        """asin or exact item text -> every row holding it (an asin may repeat)."""
+        rows: dict[str, list[int]] = {}
+        for row, (asin, text) in enumerate(zip(self.asins, self.texts, strict=True)):
+            rows.setdefault(asin, []).append(row)
+            if text != asin:
+                rows.setdefault(text, []).append(row)
+        return rows
+
+    def history_mask(self, history: Sequence[str]) -> np.ndarray:
+        """(N_c,) bool, True on the rows of the history's items, named by asin or by exact
+        item text; entries that name no catalog item are ignored."""
+        mask = np.zeros(self.size, dtype=bool)
+        for key in history:
+            mask[self._rows_by_key.get(key, [])] = True
+        return mask
+
+    @functools.cached_property
+    def num_markup_residue(self) -> int:
+        """Item texts still holding markup (0 on a corpus ingested with strip_markup)."""
+        from calrec_core.item_text import has_markup_residue
+
+        return sum(1 for text in self.texts if has_markup_residue(text))
 
 
 def build_catalog(asins, texts, category: str, config: EvalConfig | None = None) -> Catalog:

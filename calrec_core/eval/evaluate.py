@@ -1,10 +1,17 @@
 """Evaluation runs: a split's users scored against the full catalog, resumable per shard.
 
 ``run_evaluation`` writes, under its output directory:
+  run.json                         settings and input fingerprints the shards belong to
   shards/<method>-<shard>.parquet  per-user rows of one shard (skipped when present)
   predictions.parquet              every method's per-user rows (top-K, ranks, metrics)
   metrics.json                     per method: mean metrics and counts
   report.md, metrics.png           a readable summary with an opt/pes bar plot
+
+Resuming: ``run.json`` records the settings and content fingerprints of the split, the corpus
+and the model. A rerun into a folder whose shards were computed from anything else is REFUSED
+with a one-line ``StaleOutputError`` (recomputing silently would hide that the folder held other
+results); a folder without shards (e.g. an earlier run that failed at start) is simply reused.
+Every file is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from calrec_core.errors import StaleOutputError
 from calrec_core.eval.catalog import Catalog, load_catalog
 from calrec_core.eval.config import EvalConfig
 from calrec_core.eval.metrics import mean_metrics, metric_columns
-from calrec_core.eval.scoring import MODEL_METHODS, check_methods, score_batch
+from calrec_core.eval.scoring import MODEL_METHODS, check_methods, quality_levers, score_batch
 
 MANIFEST_FILE = "run.json"
+SHARDS_DIR = "shards"
+# Written at the end of a run; stale copies are removed when a folder is reused.
+RESULT_FILES = ("predictions.parquet", "metrics.json", "report.md", "metrics.png")
 
 
 @dataclasses.dataclass
@@ -42,6 +53,7 @@ def summarize(rows: Sequence[dict]) -> dict:
         num_users_all_scores_tied=sum(1 for r in rows if r["all_scores_tied"]),
         num_generations=num_samples,
         num_empty_generations=sum(r["num_empty_samples"] for r in rows),
+        num_nonfinite_logprobs=sum(r.get("num_nonfinite_logprobs", 0) for r in rows),
     )
     if rows and rows[0]["method"] in ("calrec", "calrec_hier"):
         total = max(num_samples, 1)
@@ -70,7 +82,7 @@ def score_users(
     methods: Sequence[str],
     config: EvalConfig,
     *,
-    sampler=None,
+    generator=None,
     progress=None,
 ) -> dict[str, list[dict]]:
     """Scores users in batches of config.user_batch_size; rows per method, user order kept."""
@@ -78,7 +90,7 @@ def score_users(
     for start in range(0, len(examples), config.user_batch_size):
         batch = examples[start : start + config.user_batch_size]
         for method, batch_rows in score_batch(
-            batch, catalog, methods, config, sampler=sampler
+            batch, catalog, methods, config, generator=generator
         ).items():
             rows[method].extend(batch_rows)
         if progress is not None:
@@ -105,14 +117,14 @@ def evaluate_split(
     import pandas as pd
 
     from calrec_core.data import read_examples
-    from calrec_core.eval.generation import Sampler
+    from calrec_core.eval.generation import ItemGenerator
 
     (method,) = check_methods([method])
     catalog = load_catalog(data_dir, category, config)
     examples = _select_users(read_examples(data_dir, category, split), config)
-    sampler = Sampler(model, tokenizer, config, mesh) if method in MODEL_METHODS else None
+    generator = ItemGenerator(model, tokenizer, config, mesh) if method in MODEL_METHODS else None
     with _progress(len(examples), f"{category}/{split} {method}", show_progress) as bar:
-        rows = score_users(examples, catalog, [method], config, sampler=sampler, progress=bar)
+        rows = score_users(examples, catalog, [method], config, generator=generator, progress=bar)
     rows = rows[method]
     return EvalResult(method, summarize(rows), pd.DataFrame(rows))
 
@@ -131,25 +143,117 @@ def load_model(model_source: str):
     return load_trained(path)
 
 
+def training_prompt_budget(model_source: str | None) -> int | None:
+    """max_input_len of the training run that exported ``model_source`` (None: not recorded,
+    or not an export)."""
+    if model_source is None or model_source == "pretrained":
+        return None
+    from calrec_core.model.export import read_model_info
+
+    try:
+        info = read_model_info(model_source)
+    except FileNotFoundError:
+        return None
+    return info.get("train_config", {}).get("max_input_len")
+
+
+def model_fingerprint(model_source: str | None, model_and_tokenizer) -> str:
+    """Content fingerprint of the model that generates: its parameters (in memory), the one
+    recorded in an export's model.json, or the pretrained weights file(s)."""
+    from calrec_core.fingerprint import arrays_digest, file_digest, tree_digest
+
+    if model_and_tokenizer is not None:
+        from flax import nnx
+
+        return arrays_digest(nnx.to_pure_dict(nnx.state(model_and_tokenizer[0], nnx.Param)))
+    if model_source == "pretrained":
+        from calrec_core.model.loading import default_source
+
+        weights = default_source()
+        return tree_digest(weights) if weights.is_dir() else file_digest(weights)
+    path = pathlib.Path(model_source)
+    if not path.exists():
+        raise FileNotFoundError(f"model source {model_source!r}: not 'pretrained' nor a path")
+    from calrec_core.model.export import model_fingerprint as export_fingerprint
+
+    return export_fingerprint(path)
+
+
+def input_fingerprints(data_dir, category: str, split: str, model: str | None) -> dict:
+    """What the shards are computed from: the split's examples, the corpus and the model."""
+    from calrec_core.data.reader import CORPUS_FILE, shard_paths
+    from calrec_core.fingerprint import file_digest, files_digest
+
+    return {
+        "split": files_digest(shard_paths(data_dir, category, split)),
+        "corpus": file_digest(pathlib.Path(data_dir) / category / CORPUS_FILE),
+        "model": model,
+    }
+
+
+def _write_atomic(path: pathlib.Path, write) -> None:
+    """``write(temporary path)``, then a rename: a crash never leaves a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    temporary.replace(path)
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    _write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _differences(previous: dict, manifest: dict) -> list[str]:
+    keys = sorted(set(previous) | set(manifest))
+    changed = [key for key in keys if key not in ("config", "inputs")
+               and previous.get(key) != manifest.get(key)]
+    for group in ("config", "inputs"):
+        old, new = previous.get(group) or {}, manifest.get(group) or {}
+        changed += [f"{group}.{name}" for name in sorted(set(old) | set(new))
+                    if old.get(name) != new.get(name)]
+    return changed
+
+
 def _check_manifest(output_dir: pathlib.Path, manifest: dict) -> None:
-    """Refuses to resume shards written under different settings."""
+    """Refuses to resume shards written under other settings or from other inputs; a folder
+    without shards takes the new manifest (and loses any stale results)."""
     path = output_dir / MANIFEST_FILE
+    has_shards = any((output_dir / SHARDS_DIR).glob("*.parquet"))
+    previous = None
     if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != manifest:
-            raise ValueError(
-                f"{output_dir} holds a run with other settings ({previous}); use a new output"
-            )
-    else:
-        path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            previous = {"corrupt": True}
+    if previous == manifest:
+        return
+    if previous is not None and has_shards:
+        raise StaleOutputError(
+            f"{output_dir} holds results computed with other settings or inputs (changed: "
+            f"{', '.join(_differences(previous, manifest))}); use a new --output or delete it")
+    if has_shards:
+        raise StaleOutputError(f"{output_dir} holds shards without {MANIFEST_FILE}; use a new "
+                               "--output or delete it")
+    for name in RESULT_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    _write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def _write_parquet(rows: list[dict], path: pathlib.Path) -> None:
     import pandas as pd
 
-    temporary = path.with_suffix(".tmp")
-    pd.DataFrame(rows).to_parquet(temporary, index=False)
-    temporary.replace(path)  # atomic: a crash never leaves a half shard
+    _write_atomic(path, lambda temporary: pd.DataFrame(rows).to_parquet(temporary, index=False))
+
+
+def preset_name(config: EvalConfig) -> str:
+    """The preset a config is, or the nearest one and the fields that differ from it."""
+    best, best_changes = "custom", None
+    for name in ("paper", "demo", "tiny"):
+        preset = dataclasses.asdict(EvalConfig.preset(name))
+        changes = [f"{key}={value}" for key, value in dataclasses.asdict(config).items()
+                   if preset.get(key) != value]
+        if best_changes is None or len(changes) < len(best_changes):
+            best, best_changes = name, changes
+    return f"{best} ({', '.join(best_changes)})" if best_changes else best
 
 
 def run_evaluation(
@@ -163,32 +267,39 @@ def run_evaluation(
     config: EvalConfig | None = None,
     model_and_tokenizer: tuple | None = None,
     show_progress: bool = True,
+    preset: str | None = None,
 ) -> dict:
     """Evaluates methods on one category/split; writes outputs (module docstring); returns
     the metrics.json content. Needs model_source ('pretrained' or a checkpoint path) or a
-    loaded (model, tokenizer) for the generative methods."""
+    loaded (model, tokenizer) for the generative methods. ``preset`` names the settings in
+    the report (default: inferred from ``config``)."""
     import pandas as pd
 
     from calrec_core.data import read_examples
-    from calrec_core.eval.generation import Sampler
+    from calrec_core.eval.generation import ItemGenerator
     from calrec_core.eval.report import write_run_report
 
-    config = config or EvalConfig.demo()
+    config = (config or EvalConfig.demo()).with_training_budget(
+        training_prompt_budget(model_source))
     methods = check_methods(methods)
     output_dir = pathlib.Path(output_dir)
-    shard_dir = output_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    shard_dir = output_dir / SHARDS_DIR
     needs_model = any(m in MODEL_METHODS for m in methods)
     if needs_model and model_source is None and model_and_tokenizer is None:
         raise ValueError(f"methods {methods} need --model ('pretrained' or a checkpoint dir)")
     model_label = _model_label(model_source, model_and_tokenizer) if needs_model else None
+    catalog = load_catalog(data_dir, category, config)
+    examples = _select_users(read_examples(data_dir, category, split), config)
+    fingerprint = model_fingerprint(model_source, model_and_tokenizer) if needs_model else None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
+    shard_dir.mkdir(parents=True, exist_ok=True)
     _check_manifest(output_dir, {
         "category": category, "split": split, "model": model_label,
         "config": dataclasses.asdict(config),
+        "inputs": input_fingerprints(data_dir, category, split, fingerprint),
     })
-    catalog = load_catalog(data_dir, category, config)
-    examples = _select_users(read_examples(data_dir, category, split), config)
-    sampler = None
+    generator = None
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     num_shards = max(1, -(-len(examples) // config.shard_size))
     with _progress(len(examples), f"{category}/{split}", show_progress) as bar:
@@ -198,11 +309,11 @@ def run_evaluation(
             paths = {m: shard_dir / f"{m}-{shard:05d}-of-{num_shards:05d}.parquet"
                      for m in methods}
             todo = [m for m in methods if not paths[m].is_file()]
-            if todo and sampler is None and any(m in MODEL_METHODS for m in todo):
+            if todo and generator is None and any(m in MODEL_METHODS for m in todo):
                 model, tokenizer = model_and_tokenizer or load_model(model_source)
-                sampler = Sampler(model, tokenizer, config)
+                generator = ItemGenerator(model, tokenizer, config)
             fresh = score_users(shard_examples, catalog, todo, config,
-                                sampler=sampler) if todo else {}
+                                generator=generator) if todo else {}
             for method in methods:
                 if method in fresh:
                     _write_parquet(fresh[method], paths[method])
@@ -213,15 +324,18 @@ def run_evaluation(
     result = {
         "category": category,
         "split": split,
+        "preset": preset or preset_name(config),
         "model": model_label,
         "corpus_size": catalog.size,
         "config": dataclasses.asdict(config),
         "metric_columns": metric_columns(),
+        "levers": quality_levers(config, catalog, model_source),
         "methods": {m: summarize(rows[m]) for m in methods},
     }
     all_rows = [row for m in methods for row in rows[m]]
-    pd.DataFrame(all_rows).to_parquet(output_dir / "predictions.parquet", index=False)
-    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    _write_atomic(output_dir / "predictions.parquet",
+                  lambda temporary: pd.DataFrame(all_rows).to_parquet(temporary, index=False))
+    _write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
     write_run_report(result, output_dir)
     return result
 

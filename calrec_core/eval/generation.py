@@ -61,10 +61,10 @@ def default_mesh():
     return make_mesh(data=-1)
 
 
-class Sampler:
+class ItemGenerator:
     """Draws N_gen temperature samples per history from a model and its tokenizer.
 
-    Samples are keyed by seed and prompt (see the model's sampler), so they are the same on
+    Samples are keyed by seed and prompt (see the model's generator), so they are the same on
     one device or many and however users are batched.
     """
 
@@ -77,22 +77,23 @@ class Sampler:
     def sample(
         self, histories: Sequence[Sequence[str]], template: str, seed: int
     ) -> list[list[Generation]]:
-        from calrec_core.model.sampler import generate
+        from calrec_core.model.decoding import generate
 
         prompts = [
-            build_prompt(self.tokenizer, h, template, self.config.max_input_len) for h in histories
+            build_prompt(self.tokenizer, h, template, self.config.prompt_budget) for h in histories
         ]
         outputs = generate(
             self.model,
             prompts,
             num_samples=self.config.n_gen,
-            temperature=self.config.temperature,
+            temperature=self.config.sampling_temperature,
             max_new_tokens=self.config.max_new_tokens,
             seed=seed,
             stop_ids=[self.tokenizer.eos_id],
             stop_at_newline=True,  # an item ends before "\n\nThe next item ..."
             tokenizer=self.tokenizer,
             batch_size=self.config.decode_batch_size,
+            length_bucket=self.config.length_bucket,
             pad_id=getattr(self.tokenizer, "pad_id", 0),
             mesh=self.mesh,
         )

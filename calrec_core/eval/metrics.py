@@ -19,6 +19,11 @@ import numpy as np
 
 METRIC_NAMES = ("ndcg@10", "recall@1", "recall@10", "mrr")
 VARIANTS = ("opt", "pes")
+# Prefix of the metrics of the ranking with the user's own history items moved last (a
+# quality lever; the paper ranks the full catalog, the unprefixed metrics).
+NO_HISTORY = "nohist_"
+# Per user: 1 when one of their own history items is in the full ranking's top 10.
+HISTORY_IN_TOP = "history_in_top10"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +38,8 @@ def target_ranks(scores: np.ndarray, target_index: int | None) -> TargetRanks:
     """Optimistic and pessimistic ranks of scores[target_index] in the (N_c,) scores."""
     if target_index is None:
         return TargetRanks(None, None)
+    # A NaN score compares false with everything (rank_pes would be 0): rank it last.
+    scores = np.where(np.isnan(scores), -np.inf, scores)
     target_score = scores[target_index]
     return TargetRanks(
         opt=1 + int(np.count_nonzero(scores > target_score)),
@@ -52,24 +59,27 @@ def metrics_at_rank(rank: int | None) -> dict[str, float]:
     }
 
 
-def user_metrics(ranks: TargetRanks) -> dict[str, float]:
-    """Per-user metric dict with keys like 'ndcg@10_opt' and 'mrr_pes'."""
+def user_metrics(ranks: TargetRanks, prefix: str = "") -> dict[str, float]:
+    """Per-user metric dict with keys like 'ndcg@10_opt' and 'mrr_pes' (after ``prefix``)."""
     out: dict[str, float] = {}
     for variant, rank in (("opt", ranks.opt), ("pes", ranks.pes)):
         for name, value in metrics_at_rank(rank).items():
-            out[f"{name}_{variant}"] = value
+            out[f"{prefix}{name}_{variant}"] = value
     return out
 
 
-def metric_columns() -> list[str]:
-    return [f"{name}_{variant}" for name in METRIC_NAMES for variant in VARIANTS]
+def metric_columns(prefix: str = "") -> list[str]:
+    return [f"{prefix}{name}_{variant}" for name in METRIC_NAMES for variant in VARIANTS]
 
 
 def mean_metrics(per_user: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Averages every metric column over users (0.0 for no users)."""
+    """Averages every metric column over users (0.0 for no users); the history-excluded
+    columns and the history-in-top-10 share too when the rows carry them."""
     columns = metric_columns()
     if not per_user:
         return dict.fromkeys(columns, 0.0)
+    extra = [*metric_columns(NO_HISTORY), HISTORY_IN_TOP]
+    columns += [c for c in extra if all(c in row for row in per_user)]
     return {c: float(np.mean([row[c] for row in per_user])) for c in columns}
 
 

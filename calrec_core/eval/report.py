@@ -2,6 +2,11 @@
 
 Scores are written 'opt / pes' side by side (CALRec §4). When two runs of a category hold
 per-user predictions, a paired t-test (Table 4) compares each method with the first one.
+
+Both reports state the settings (preset, N_gen) and, per method, the users, empty generations
+and users whose every catalog score tied, and flag a method whose opt and pes scores diverge:
+with ties the opt score credits the target for a tie it did not win (footnote 12: empty
+output gives opt Recall@K = 1, pes = 0), so such a method's opt score and p-values mislead.
 """
 
 from __future__ import annotations
@@ -10,18 +15,53 @@ import json
 import pathlib
 from collections.abc import Sequence
 
-from calrec_core.eval.metrics import METRIC_NAMES, paired_t_test
+from calrec_core.eval.metrics import HISTORY_IN_TOP, METRIC_NAMES, NO_HISTORY, paired_t_test
 
 _COUNT_KEYS = (
     "num_users", "num_target_missing", "num_empty_history", "num_users_all_scores_tied",
-    "num_generations", "num_empty_generations",
+    "num_generations", "num_empty_generations", "num_nonfinite_logprobs",
 )
-_RATE_KEYS = ("format_error_rate", "match_all_four_rate", "match_title_rate")
+# Counts shown per method in the cross-run report.
+_SUMMARY_KEYS = ("num_users", "num_generations", "num_empty_generations",
+                 "num_users_all_scores_tied")
+# A metric "diverges" when its pes score is below this share of its opt score.
+TIE_DIVERGENCE = 0.5
+_RATE_KEYS = ("format_error_rate", "match_all_four_rate", "match_title_rate", HISTORY_IN_TOP)
 
 
 def method_label(method: str, model: str | None) -> str:
     """'lir' alone; a generative method names its model, e.g. 'calrec [pretrained]'."""
     return method if method == "lir" or not model else f"{method} [{model}]"
+
+
+def tie_warning(label: str, metrics: dict) -> str | None:
+    """A warning when ties split the method's opt and pes scores apart, else None."""
+    # The rank-averaged metrics: one user's tie at rank 1 alone can halve a small Recall@1.
+    diverging = [name for name in ("ndcg@10", "mrr")
+                 if metrics[f"{name}_opt"] > 0
+                 and metrics[f"{name}_pes"] < TIE_DIVERGENCE * metrics[f"{name}_opt"]]
+    if not diverging:
+        return None
+    name = diverging[0]
+    users = metrics.get("num_users", 0)
+    tied = metrics.get("num_users_all_scores_tied", 0)
+    text = (f"WARNING {label}: optimistic and pessimistic scores diverge because of ties "
+            f"({name} {_opt_pes(metrics, name)}); {tied} of {users} users had every catalog "
+            "score tied")
+    if metrics.get("num_generations"):
+        text += (f", {metrics.get('num_empty_generations', 0)} of {metrics['num_generations']} "
+                 "generations were empty")
+    return text + ". Read its pessimistic scores; its opt scores and p-values reward ties."
+
+
+def settings_line(result: dict) -> str:
+    """Preset, users and sampling settings of one run."""
+    config = result.get("config", {})
+    users = max((m.get("num_users", 0) for m in result["methods"].values()), default=0)
+    return (f"Preset: {result.get('preset', 'unknown')}. Users: {users}. "
+            f"N_gen: {config.get('n_gen')}, N_preds: {config.get('n_preds')}, "
+            f"sampling temperature: {config.get('sampling_temperature')}, "
+            f"max users: {config.get('max_users')}.")
 
 
 def _opt_pes(metrics: dict, name: str) -> str:
@@ -61,6 +101,12 @@ def _metric_table(series: dict[str, dict]) -> list[str]:
              "|---|" + "---|" * len(labels)]
     for name in METRIC_NAMES:
         lines.append(f"| {name} | " + " | ".join(_opt_pes(series[l], name) for l in labels) + " |")
+    # The same ranking with each user's own history items left out (a quality lever).
+    for name in METRIC_NAMES:
+        key = f"{NO_HISTORY}{name}"
+        if all(f"{key}_opt" in series[label] for label in labels):
+            lines.append(f"| {name} w/o history | "
+                         + " | ".join(_opt_pes(series[l], key) for l in labels) + " |")
     return lines
 
 
@@ -74,6 +120,10 @@ def write_run_report(result: dict, output_dir) -> pathlib.Path:
         f"Corpus: {result['corpus_size']} items, every one ranked. "
         f"Model: {result['model'] or 'none (text-only baseline)'}.",
         "",
+        settings_line(result),
+        "",
+        "Quality levers: " + ", ".join(f"{k} {v}" for k, v in result.get("levers", {}).items()),
+        "",
         *_metric_table(series),
         "",
         "| Counts | " + " | ".join(series) + " |",
@@ -85,11 +135,15 @@ def write_run_report(result: dict, output_dir) -> pathlib.Path:
             cells = ["" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
                      for v in values]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    warnings = [tie_warning(label, metrics) for label, metrics in series.items()]
+    lines += ["", *(f"**{w}**" for w in warnings if w)]
     lines += _hierarchical_lines(result["methods"])
     lines += ["", "![metrics](metrics.png)", ""]
     _bar_plot(series, f"{result['category']} ({result['split']})", output_dir / "metrics.png")
     path = output_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("\n".join(lines), encoding="utf-8")
+    temporary.replace(path)
     return path
 
 
@@ -128,10 +182,15 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path
     output_dir.mkdir(parents=True, exist_ok=True)
     by_category: dict[str, dict[str, dict]] = {}
     sources: dict[tuple[str, str], tuple[pathlib.Path, str]] = {}
+    settings: dict[str, list[str]] = {}
     for raw_path in metrics_paths:
         path = pathlib.Path(raw_path)
-        result = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a metrics.json ({error})") from None
         category = f"{result['category']} ({result['split']})"
+        settings.setdefault(category, []).append(f"{path.parent.name}: {settings_line(result)}")
         for method, metrics in result["methods"].items():
             label = method_label(method, result.get("model"))
             if label in by_category.get(category, {}):  # same method and model twice
@@ -142,7 +201,10 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path
           "Scores are optimistic / pessimistic (ties with the target counted first / last).", ""]
     html = ["<html><body><h1>CALRec evaluation report</h1>"]
     for category, series in by_category.items():
-        md += [f"## {category}", "", *_metric_table(series), ""]
+        warnings = [w for w in (tie_warning(label, m) for label, m in series.items()) if w]
+        md += [f"## {category}", "", *(f"- {line}" for line in settings[category]), "",
+               *_metric_table(series), "", *_counts_table(series), "",
+               *(f"**{w}**\n" for w in warnings)]
         html.append(f"<h2>{category}</h2><table border='1'><tr><th>Metric (opt / pes)</th>"
                     + "".join(f"<th>{label}</th>" for label in series) + "</tr>")
         for name in METRIC_NAMES:
@@ -150,6 +212,8 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path
                         + "".join(f"<td>{_opt_pes(m, name)}</td>" for m in series.values())
                         + "</tr>")
         html.append("</table>")
+        html += [f"<p>{line}</p>" for line in settings[category]]
+        html += [f"<p><b>{w}</b></p>" for w in warnings]
         md += _t_test_lines(category, series, sources)
     plot_series = {f"{c}: {label}": m for c, s in by_category.items() for label, m in s.items()}
     _bar_plot(plot_series, "opt (plain) / pes (hatched)", output_dir / "report.png")
@@ -160,6 +224,15 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path
     paths["markdown"].write_text("\n".join(md), encoding="utf-8")
     paths["html"].write_text("\n".join(html), encoding="utf-8")
     return paths
+
+
+def _counts_table(series: dict[str, dict]) -> list[str]:
+    labels = list(series)
+    lines = ["| Counts | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for key in _SUMMARY_KEYS:
+        lines.append(f"| {key} | " + " | ".join(str(series[l].get(key, "")) for l in labels)
+                     + " |")
+    return lines
 
 
 def _t_test_lines(category: str, series: dict, sources: dict) -> list[str]:
@@ -188,5 +261,6 @@ def _t_test_lines(category: str, series: dict, sources: dict) -> list[str]:
                 except ValueError:
                     values.append("n/a")
             cells.append(" / ".join(values))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        flag = " (ties: see warning)" if tie_warning(label, series[label]) else ""
+        lines.append(f"| {label}{flag} | " + " | ".join(cells) + " |")
     return [*lines, ""]

@@ -1,37 +1,36 @@
-"""Gemma 3 in Flax NNX: model, checkpoint loading, tokenizers, sharding and sampling."""
+"""Gemma 3 in Flax NNX: model, checkpoint loading, tokenizers, sharding and decoding.
 
-from calrec_core.model.config import Gemma3Config
-from calrec_core.model.export import export_trained, load_trained, read_model_info
-from calrec_core.model.gemma import Gemma3, KVCache, ModelOutput
-from calrec_core.model.loading import load_pretrained
-from calrec_core.model.sampler import Sample, generate, generate_texts
-from calrec_core.model.sharding import (
-    LOGICAL_AXIS_RULES,
-    logical_to_sharding,
-    logical_to_spec,
-    make_mesh,
-    shard_model,
-)
-from calrec_core.model.tokenizer import ByteTokenizer, Tokenizer, make_tiny_tokenizer
+Names load on first use (PEP 562), so the ``calrec`` command starts without JAX.
+"""
 
-__all__ = [
-    "LOGICAL_AXIS_RULES",
-    "ByteTokenizer",
-    "Gemma3",
-    "Gemma3Config",
-    "KVCache",
-    "ModelOutput",
-    "Sample",
-    "Tokenizer",
-    "export_trained",
-    "load_pretrained",
-    "load_trained",
-    "read_model_info",
-    "logical_to_sharding",
-    "logical_to_spec",
-    "generate",
-    "generate_texts",
-    "make_mesh",
-    "make_tiny_tokenizer",
-    "shard_model",
-]
+import importlib
+
+_EXPORTS = {
+    "Gemma3Config": "calrec_core.model.config",
+    "Sample": "calrec_core.model.decoding",
+    "generate": "calrec_core.model.decoding",
+    "generate_texts": "calrec_core.model.decoding",
+    "export_trained": "calrec_core.model.export",
+    "load_trained": "calrec_core.model.export",
+    "read_model_info": "calrec_core.model.export",
+    "Gemma3": "calrec_core.model.gemma",
+    "KVCache": "calrec_core.model.gemma",
+    "ModelOutput": "calrec_core.model.gemma",
+    "load_pretrained": "calrec_core.model.loading",
+    "LOGICAL_AXIS_RULES": "calrec_core.model.sharding",
+    "logical_to_sharding": "calrec_core.model.sharding",
+    "logical_to_spec": "calrec_core.model.sharding",
+    "make_mesh": "calrec_core.model.sharding",
+    "shard_model": "calrec_core.model.sharding",
+    "ByteTokenizer": "calrec_core.model.tokenizer",
+    "Tokenizer": "calrec_core.model.tokenizer",
+    "make_tiny_tokenizer": "calrec_core.model.tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'calrec_core.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

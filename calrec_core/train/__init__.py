@@ -1,38 +1,37 @@
 """CALRec training: the two-tower objective (Eqs. 1-4), Stage I and Stage II, sharded and
-resumable. Importing this package imports JAX; the ``calrec train`` CLI imports it lazily.
+resumable. Names load on first use (PEP 562): ``TrainConfig`` imports without JAX, so a client
+that only builds configurations (the pipeline compiler) needs no accelerator stack.
 
 Choices the paper leaves open, made once here:
 - Pooling: v^T and v^TU average the same target token ids (EOS included, BOS never);
   v^U averages the prompt (template and history) without BOS. Padding never enters.
 - L_NIG is the mean cross-entropy per target token ("token_mean"); Eq. 1's per-user sum is
   ``nig_reduction="sequence_sum"``.
-- With ``microbatches > 1`` each microbatch is its own pool of in-batch negatives; the
-  paper's 512 negatives need ``microbatches=1`` (data-parallel devices instead).
+- With ``microbatches > 1`` the step runs in two passes (GradCache-style), so the contrastive
+  losses still use every user of the step as an in-batch negative, as with one microbatch.
 """
 
-from calrec_core.model.export import load_trained
-from calrec_core.train.config import TrainConfig
-from calrec_core.train.losses import (
-    calrec_loss,
-    contrastive_loss,
-    cosine_similarity_matrix,
-    masked_mean,
-    nig_loss,
-)
-from calrec_core.train.metrics import plot_losses, read_metrics
-from calrec_core.train.stages import StageResult, run_stage1, run_stage2
+import importlib
 
-__all__ = [
-    "StageResult",
-    "TrainConfig",
-    "calrec_loss",
-    "contrastive_loss",
-    "cosine_similarity_matrix",
-    "load_trained",
-    "masked_mean",
-    "nig_loss",
-    "plot_losses",
-    "read_metrics",
-    "run_stage1",
-    "run_stage2",
-]
+_EXPORTS = {
+    "TrainConfig": "calrec_core.train.config",
+    "StageResult": "calrec_core.train.stages",
+    "run_stage1": "calrec_core.train.stages",
+    "run_stage2": "calrec_core.train.stages",
+    "calrec_loss": "calrec_core.train.losses",
+    "contrastive_loss": "calrec_core.train.losses",
+    "cosine_similarity_matrix": "calrec_core.train.losses",
+    "masked_mean": "calrec_core.train.losses",
+    "nig_loss": "calrec_core.train.losses",
+    "plot_losses": "calrec_core.train.metrics",
+    "read_metrics": "calrec_core.train.metrics",
+    "load_trained": "calrec_core.model.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'calrec_core.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

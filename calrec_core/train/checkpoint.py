@@ -2,7 +2,8 @@
 
 A resumable checkpoint holds parameters, optimizer state and a JSON record of the step (which
 is also the data-iterator position, batches being a pure function of (seed, step)), the seed,
-the sampler stream and the model's architecture.
+the sampler stream and the model's architecture, and the fingerprints of the run's inputs
+(``stage_inputs``): a run resumed on other data or from another starting model is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from calrec_core.errors import StaleOutputError
+from calrec_core.fingerprint import arrays_digest, files_digest, json_digest
 
 
 class CheckpointStore:
@@ -66,3 +70,33 @@ def abstract_like(tree):
         lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding),
         tree,
     )
+
+
+def stage_inputs(data_dir, weights: dict[str, float], selection, params) -> dict[str, str]:
+    """Fingerprints of what a stage run is computed from: the training and selection splits'
+    contents with the mixture weights, and the starting parameters (pretrained or --init)."""
+    from calrec_core.data.reader import has_split, shard_paths
+
+    paths = []
+    for category in sorted(set(weights) | set(selection)):
+        for split in ("train", "valid"):
+            if has_split(data_dir, category, split):
+                paths += shard_paths(data_dir, category, split)
+    root = pathlib.Path(data_dir)
+    return {
+        "data": json_digest([files_digest(paths, root=root), sorted(weights.items()),
+                             sorted(selection)]),
+        "init": arrays_digest(params),
+    }
+
+
+def check_same_inputs(recorded: dict[str, str] | None, current: dict[str, str], where) -> None:
+    """Refuses to resume a run whose inputs changed (a record without them predates them)."""
+    if recorded is None:
+        return
+    changed = sorted(name for name in current if recorded.get(name) != current[name])
+    if changed:
+        names = {"data": "the training data", "init": "the starting model"}
+        raise StaleOutputError(
+            f"{where}: cannot resume, {' and '.join(names.get(n, n) for n in changed)} changed "
+            "since its checkpoints were written; use a new output folder")

@@ -8,12 +8,14 @@ import json
 import logging
 import sys
 
+from calrec_core.overrides import add_preset_arguments
+
 
 def _train(args: argparse.Namespace) -> int:
     from calrec_core.train.config import TrainConfig
 
     try:
-        config = TrainConfig.preset(args.preset).with_overrides(args.set or [])
+        config = TrainConfig.preset(args.preset).with_overrides(args.set)
     except ValueError as error:
         print(f"calrec train: {error}", file=sys.stderr)
         return 2
@@ -30,9 +32,19 @@ def _train(args: argparse.Namespace) -> int:
 
         # Stages run as separate processes compile the same step; the cache compiles it once.
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    from calrec_core.model.loading import use_weights
+    from calrec_core.train.distributed import initialize
     from calrec_core.train.stages import run_stage1, run_stage2
 
     try:
+        # Before any JAX computation: on several hosts every process joins the job first.
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as error:
+        print(f"calrec train: {error}", file=sys.stderr)
+        return 2
+
+    try:
+        use_weights(args.weights)  # read wherever the pretrained weights are loaded
         if args.stage == 1:
             result = run_stage1(args.data, args.output, config)
         else:
@@ -70,14 +82,23 @@ def register(subparsers) -> None:
     train.add_argument("--stage", type=int, choices=(1, 2), required=True)
     train.add_argument("--data", required=True, help="ingested data folder (calrec ingest)")
     train.add_argument("--output", required=True, help="run folder")
-    train.add_argument("--preset", default="demo", help="tiny, demo or paper (default demo)")
-    train.add_argument("--set", action="append", metavar="NAME=VALUE",
-                       help="override a TrainConfig field, e.g. --set alpha=0 --set beta=0")
+    add_preset_arguments(train, "train")
     train.add_argument("--category", help="Stage II: the eval category to fine-tune on")
     train.add_argument("--init", help="Stage II: exported Stage I model folder (OUTPUT/selected "
                        "of Stage I), or 'none' for the pretrained weights")
     train.add_argument("--compilation-cache", metavar="DIR",
                        help="persistent JAX compilation cache shared by runs (optional)")
+    hosts = train.add_argument_group(
+        "multi-host", "one process per host, all with the same command; Vertex AI jobs and "
+        "Cloud TPU slices are detected without these (also CALREC_COORDINATOR, "
+        "CALREC_NUM_PROCESSES, CALREC_PROCESS_ID)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address where process 0 serves the coordination service")
+    hosts.add_argument("--num-processes", type=int, help="processes in the job")
+    hosts.add_argument("--process-id", type=int, help="this process's index, from 0")
+    from calrec_core.model.loading import add_weights_argument
+
+    add_weights_argument(train)
     train.set_defaults(handler=_train)
 
     plot = subparsers.add_parser("plot-losses", help="plot L_NIG and L_TT curves of runs")

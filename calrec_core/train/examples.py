@@ -111,10 +111,12 @@ def _stream_id(name: str) -> int:
 class MixtureSampler:
     """Draws the examples of a global batch as a pure function of (seed, stream, step).
 
-    Each batch slot has its own generator, seeded by (seed, stream, step, slot), so a host can
-    draw any slot of any step without drawing the others, and a resumed run draws the same
-    batches as an uninterrupted one. Categories are drawn at ``weights`` (Stage I: |U|^0.3),
-    users uniformly within a category, and k uniformly in {0, ..., min(max_drop_last, n - 2)}.
+    Each batch slot has its own generator, seeded by (seed, stream, step, slot), so a resumed
+    run draws the same batches as an uninterrupted one. Categories are drawn at ``weights``
+    (Stage I: |U|^0.3), users uniformly within a category WITHOUT replacement within a step
+    (the j-th slot of a step that draws category c takes entry j of a random permutation of
+    c's users, seeded by (seed, stream, step, c); only past |c| users does a fresh permutation
+    repeat them), and k uniformly in {0, ..., min(max_drop_last, n - 2)}.
     """
 
     def __init__(
@@ -138,12 +140,37 @@ class MixtureSampler:
         self.seed = int(seed)
         self.stream = _stream_id(stream)
         self.max_drop_last = int(max_drop_last)
+        self._step_categories: tuple[int, list[int]] = (-1, [])  # This step's slots so far.
+        self._permutations: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def _slot_rng(self, step: int, slot: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.stream, int(step), int(slot)])
+
+    def _category_of(self, step: int, slot: int) -> int:
+        """The category index slot ``slot`` of ``step`` draws (its generator's first draw)."""
+        if self._step_categories[0] != step:
+            self._step_categories = (step, [])
+            self._permutations.clear()
+        drawn = self._step_categories[1]
+        while len(drawn) <= slot:
+            rng = self._slot_rng(step, len(drawn))
+            drawn.append(int(rng.choice(len(self.categories), p=self.probabilities)))
+        return drawn[slot]
 
     def example(self, step: int, slot: int) -> ExampleRef:
-        rng = np.random.default_rng([self.seed, self.stream, int(step), int(slot)])
-        category = self.categories[int(rng.choice(len(self.categories), p=self.probabilities))]
+        rng = self._slot_rng(step, slot)
+        index = int(rng.choice(len(self.categories), p=self.probabilities))
+        self._category_of(step, slot)
+        rank = self._step_categories[1][:slot].count(index)  # Earlier slots of this category.
+        category = self.categories[index]
         sequences = self.sequences[category]
-        user_index = int(rng.integers(len(sequences)))
+        cycle, position = divmod(rank, len(sequences))
+        key = (int(step), index, cycle)
+        if key not in self._permutations:
+            seeded = np.random.default_rng([self.seed, self.stream, int(step),
+                                            _stream_id(category), cycle])
+            self._permutations[key] = seeded.permutation(len(sequences))
+        user_index = int(self._permutations[key][position])
         most = min(self.max_drop_last, len(sequences.texts[user_index]) - 2)
         return ExampleRef(category, user_index, int(rng.integers(most + 1)))
 

@@ -70,3 +70,60 @@ def calrec_loss(
 ) -> jax.Array:
     """Eq. 4: (1 - alpha - beta) L_NIG + alpha L_TT + beta L_UT."""
     return (1.0 - alpha - beta) * nig + alpha * tt + beta * ut
+
+
+def segment_means(
+    hidden: jax.Array, segment_ids: jax.Array, mask: jax.Array, num_segments: int
+) -> jax.Array:
+    """Mean of ``hidden`` over the positions of each segment where ``mask`` is true.
+
+    hidden (R, T, D), segment_ids (R, T) with 1 + the segment's index (0 = padding), mask
+    (R, T) -> (U, D) for U = num_segments; a segment without any true position gives zeros.
+    A one-hot contraction rather than a scatter: deterministic on every backend.
+    """
+    slots = jnp.arange(1, num_segments + 1, dtype=segment_ids.dtype)
+    weights = ((segment_ids[..., None] == slots) & mask[..., None]).astype(jnp.float32)  # (R,T,U)
+    total = jnp.einsum("rtu,rtd->ud", weights, hidden.astype(jnp.float32))  # (U, D)
+    count = jnp.maximum(jnp.sum(weights, axis=(0, 1)), 1.0)[:, None]  # (U, 1)
+    return total / count
+
+
+def chunked_target_nll(
+    hidden: jax.Array,
+    logits_at: jax.Array,
+    labels: jax.Array,
+    label_mask: jax.Array,
+    weights: jax.Array,
+    project,
+    chunk_tokens: int,
+) -> jax.Array:
+    """Summed cross-entropy of the target tokens, the vocabulary projection at targets only.
+
+    hidden (R, T, D) final hidden states; logits_at, labels, label_mask (R, K) as in
+    ``nig_loss``; project(h, weights) maps (R, C, D) hidden states to (R, C, V) float32 logits
+    (weights: the output embedding, passed explicitly so its gradient flows). The K
+    target positions go through the projection C at a time (C * R <= chunk_tokens) in a scan
+    whose body is rematerialised, so neither pass ever holds more than one chunk's logits.
+    """
+    rows, targets = logits_at.shape
+    chunk = max(1, min(targets, chunk_tokens // max(rows, 1)))
+    padded = -(-targets // chunk) * chunk
+    pad = ((0, 0), (0, padded - targets))
+    picked = jnp.take_along_axis(hidden, jnp.pad(logits_at, pad)[..., None], axis=1)  # (R, K', D)
+
+    def split(x):  # (R, K', ...) -> (K' / C, R, C, ...)
+        x = x.reshape(rows, padded // chunk, chunk, *x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    @jax.checkpoint
+    def chunk_nll(h, y, m, w):  # (R, C, D), (R, C), (R, C), (V, D) -> ()
+        log_probs = jax.nn.log_softmax(project(h, w).astype(jnp.float32), axis=-1)  # (R, C, V)
+        token = jnp.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]  # (R, C)
+        return -jnp.sum(token * m.astype(jnp.float32))
+
+    def body(total, xs):
+        return total + chunk_nll(*xs, weights), None
+
+    xs = (split(picked), split(jnp.pad(labels, pad)), split(jnp.pad(label_mask, pad)))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    return total

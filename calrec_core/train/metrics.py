@@ -1,28 +1,43 @@
-"""Training metrics as JSON lines (one record per logged step or evaluation) and their plot."""
+"""Training metrics as JSON lines (one record per logged step or evaluation), TensorBoard event
+files of the same numbers, and their plot."""
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
-    """Appends records to ``<run_dir>/metrics.jsonl``; a resumed run first drops the records
-    written after its checkpoint, so the file reads as one uninterrupted run."""
+    """Appends records to ``<run_dir>/metrics.jsonl`` and their numbers as TensorBoard scalars
+    under ``<run_dir>/tensorboard`` (tag ``<kind>/<name>``, nested names joined by '/').
 
-    def __init__(self, run_dir, resume_step: int = 0, enabled: bool = True) -> None:
+    A resumed run first drops the records written after its checkpoint, so the file reads as
+    one uninterrupted run; its event file starts with a purge at the resume step, which makes
+    TensorBoard drop the earlier attempt's later points the same way.
+    """
+
+    def __init__(self, run_dir, resume_step: int = 0, enabled: bool = True,
+                 tensorboard: bool = True) -> None:
         self.path = pathlib.Path(run_dir) / METRICS_FILE
         self.enabled = enabled
+        self.events = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [record for record in read_metrics(self.path)
                 if resume_step and record["step"] <= resume_step]
         self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.events = SummaryWriter(str(pathlib.Path(run_dir) / TENSORBOARD_DIR),
+                                        purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -30,6 +45,26 @@ class MetricsLog:
         record = {"kind": kind, "step": int(step), **values}
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            for tag, value in _scalars(kind, values):
+                self.events.add_scalar(tag, value, int(step))
+            self.events.flush()  # a preempted task keeps every point logged so far
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
+
+def _scalars(prefix: str, values: dict[str, Any]):
+    """(tag, value) of every finite number in ``values``; booleans and text are left out."""
+    for name, value in values.items():
+        tag = f"{prefix}/{name}"
+        if isinstance(value, dict):
+            yield from _scalars(tag, value)
+        elif (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value)):
+            yield tag, float(value)
 
 
 def read_metrics(path) -> list[dict[str, Any]]:

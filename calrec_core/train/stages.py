@@ -28,9 +28,15 @@ from calrec_core.model.export import (
     load_trained,
     read_model_info,
 )
-from calrec_core.train.batching import ExampleEncoder
-from calrec_core.train.checkpoint import CheckpointStore, abstract_like
+from calrec_core.train.batching import ExampleEncoder, padding_fraction
+from calrec_core.train.checkpoint import (
+    CheckpointStore,
+    abstract_like,
+    check_same_inputs,
+    stage_inputs,
+)
 from calrec_core.train.config import TrainConfig
+from calrec_core.train.distributed import initialize
 from calrec_core.train.examples import (
     MixtureSampler,
     category_roles,
@@ -39,7 +45,7 @@ from calrec_core.train.examples import (
 )
 from calrec_core.train.metrics import MetricsLog, plot_losses
 from calrec_core.train.models import fresh_model
-from calrec_core.train.step import Trainer, batch_sharding
+from calrec_core.train.step import Trainer, batch_sharding, resolve_microbatches
 from calrec_core.train.stream import (
     BatchStream,
     replicated_to_global,
@@ -54,7 +60,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LOSS_PLOT = "losses.png"
 # Settings a resumed run must share with its checkpoint for its batches and losses to match.
 _RESUME_FIXED = ("model", "batch_size", "microbatches", "max_input_len", "max_target_len",
-                 "max_drop_last", "length_bucket", "alpha", "beta", "temperature",
+                 "max_drop_last", "length_bucket", "alpha", "beta", "contrastive_temperature",
                  "nig_reduction", "selection_metric")
 
 
@@ -115,7 +121,7 @@ def _start_model(config: TrainConfig, init_checkpoint):
 
 def _check_mesh(config: TrainConfig, mesh) -> None:
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    per_micro = config.batch_size // config.microbatches
+    per_micro = config.batch_size // max(config.microbatches, 1)  # 0 = auto, resolved later.
     if per_micro % devices:
         raise ValueError(
             f"batch_size {config.batch_size} / microbatches {config.microbatches} = {per_micro} "
@@ -125,8 +131,10 @@ def _check_mesh(config: TrainConfig, mesh) -> None:
 
 def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: dict[str, float],
                selection: Sequence[str], total_steps: int, init_checkpoint) -> StageResult:
-    from calrec_core.model.sharding import make_mesh
+    from calrec_core.model.sharding import batch_multiple, make_mesh
 
+    # Joins the other hosts of a multi-host job (no-op alone, or when the CLI already did).
+    initialize()
     run_dir = pathlib.Path(output_dir)
     mesh = make_mesh(data=-1, fsdp=config.fsdp)
     _check_mesh(config, mesh)
@@ -136,8 +144,14 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
     sampler = MixtureSampler(sequences, weights, seed=config.seed, stream=stage,
                              max_drop_last=config.max_drop_last)
     encoder = ExampleEncoder(tokenizer, config.max_input_len, config.max_target_len)
-    stream = BatchStream(sampler, encoder, config)
+    stream = BatchStream(sampler, encoder, config, row_multiple=batch_multiple(mesh))
+    if not config.microbatches:  # Auto: sized from a memory estimate before step 1.
+        config = resolve_microbatches(config, mesh, stream.tokens_per_user(0))
+        _check_mesh(config, mesh)
+        logger.info("%s: %d microbatches, remat=%s", stage, config.microbatches, config.remat)
+        stream = BatchStream(sampler, encoder, config, row_multiple=batch_multiple(mesh))
     trainer, params = Trainer.create(model, config, mesh)
+    inputs = stage_inputs(data_dir, weights, selection, params)
     selector = _Selector(config, data_dir, selection, trainer, tokenizer, encoder)
 
     store = CheckpointStore(run_dir / CHECKPOINTS_DIR, config.max_checkpoints)
@@ -154,6 +168,7 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
         if changed:
             raise ValueError(f"{run_dir}: cannot resume with other {changed} than the "
                              "checkpointed run (batches would differ); use a new output folder")
+        check_same_inputs(record.get("inputs"), inputs, run_dir)
         params, opt_state, record = store.restore(
             start, abstract_like(params), trainer.abstract_opt_state(params))
         selector.load(record["selection"])
@@ -168,9 +183,8 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
                     disable=jax.process_index() != 0)
     for step in progress:
         began = time.perf_counter()
-        rows = config.batch_size // config.microbatches
         local = stream.local_batch(step)
-        batch = to_global(local, data_sharding, rows)
+        batch = to_global(local, data_sharding)
         params, opt_state, metrics = trainer.train_step(params, opt_state, batch)
         done = step + 1
         if done % config.log_every == 0 or done == total_steps:
@@ -181,22 +195,29 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
             # Real (unpadded) tokens through the user tower per second of this step.
             real_tokens = int(local.input_mask.sum()) * jax.process_count()
             values["tokens_per_s"] = real_tokens / seconds
+            values["padding_fraction"] = padding_fraction(local)
             log.write("train", done, contrastive=config.contrastive, seconds=seconds, **values)
             progress.set_postfix(loss=f"{values['loss']:.3f}", nig=f"{values['nig']:.3f}")
         if done % config.eval_every == 0 or done == total_steps:
             improved = selector.evaluate(done, params, log)
+            # Export (atomic: a temporary folder renamed into place) BEFORE the checkpoint: a
+            # kill between the two resumes from the previous checkpoint, which replays this
+            # step and re-exports the same model. The other order could leave a checkpoint
+            # whose selection state names a best step that was never exported.
             if improved:
                 export_trained(run_dir / SELECTED_DIR, params, trainer.model(params), tokenizer,
                                config.model, {"train_config": config.to_dict(), "stage": stage,
                                               "step": done, "init": init_name,
+                                              "inputs": inputs,
                                               "selection": selector.state()})
         if done % config.checkpoint_every == 0 or done == total_steps:
             store.save(done, params, opt_state, {
                 "step": done, "stage": stage, "seed": config.seed, "stream": stage,
                 "architecture": architecture, "selection": selector.state(), "init": init_name,
-                "train_config": config.to_dict(),
+                "train_config": config.to_dict(), "inputs": inputs,
             })
     store.close()
+    log.close()
     if jax.process_index() == 0:
         plot_losses([run_dir], run_dir / LOSS_PLOT, labels=[stage])
     if selector.best_step is None:
@@ -209,7 +230,13 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
 
 
 class _Selector:
-    """Evaluates for model selection and remembers the best step (state kept in checkpoints)."""
+    """Evaluates for model selection and remembers the best step (state kept in checkpoints).
+
+    ndcg@10_pes (§4: selection on the pessimistic NDCG@10): CALRec's generate-and-fuse
+    evaluation of the full catalog on a fixed sample of validation users, drawn once per
+    category from the seed (at most ``eval_max_users``), so every evaluation of a run, resumed
+    or not, scores the same users; decoding is split over the trainer's mesh.
+    """
 
     def __init__(self, config: TrainConfig, data_dir, categories: Sequence[str],
                  trainer: Trainer, tokenizer, encoder: ExampleEncoder) -> None:
@@ -230,6 +257,7 @@ class _Selector:
         self.best_value = math.nan
         self.history: list[dict[str, Any]] = []
         self._valid_batches: dict[str, list] | None = None
+        self._ranking: dict[str, tuple] = {}  # category -> (catalog, fixed user sample)
 
     def state(self) -> dict[str, Any]:
         return {"metric": self.metric, "best_step": self.best_step,
@@ -261,14 +289,46 @@ class _Selector:
     def _score(self, category: str, params) -> float:
         if self.metric == "valid_loss":
             return self._valid_loss(category, params)
-        from calrec_core.eval import EvalConfig, evaluate_split
+        return float(self._ranking_metrics(category, params)["ndcg@10_pes"])
 
-        eval_config = EvalConfig.preset(self.config.eval_preset)
-        eval_config = dataclasses.replace(eval_config,
-                                          max_users=self.config.eval_max_users or None)
-        result = evaluate_split(self.trainer.model(params), self.tokenizer, self.data_dir,
-                                category, "valid", eval_config, method="calrec")
-        return float(result.metrics["ndcg@10_pes"])
+    def _ranking_metrics(self, category: str, params) -> dict[str, float]:
+        """Mean evaluation metrics of the model on the category's fixed validation sample."""
+        from calrec_core.eval import EvalConfig
+        from calrec_core.eval.evaluate import score_users, summarize
+        from calrec_core.eval.generation import ItemGenerator
+
+        eval_config = dataclasses.replace(EvalConfig.preset(self.config.eval_preset),
+                                          max_users=None).with_training_budget(
+                                              self.config.max_input_len)
+        if category not in self._ranking:
+            from calrec_core.eval.catalog import load_catalog
+
+            users = self.selection_sample(self.data_dir, category,
+                                          self.config.eval_max_users, self.config.seed)
+            if not users:
+                raise ValueError(f"category {category!r} has no validation users")
+            self._ranking[category] = (load_catalog(self.data_dir, category, eval_config), users)
+        catalog, users = self._ranking[category]
+        generator = ItemGenerator(self.trainer.model(params), self.tokenizer, eval_config,
+                                  mesh=self.trainer.mesh)
+        rows = score_users(users, catalog, ["calrec"], eval_config, generator=generator)["calrec"]
+        return summarize(rows)
+
+    @staticmethod
+    def selection_sample(data_dir, category: str, max_users: int, seed: int) -> list[dict]:
+        """The category's validation examples, or (max_users > 0) a uniform sample of that
+        many drawn from the seed and the category name: the same users on every call."""
+        import zlib
+
+        from calrec_core.data import read_examples
+
+        examples = sorted(read_examples(data_dir, category, "valid"),
+                          key=lambda e: e["user_id"])
+        if not max_users or max_users >= len(examples):
+            return examples
+        rng = np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
+        chosen = np.sort(rng.choice(len(examples), size=max_users, replace=False))
+        return [examples[i] for i in chosen]
 
     def _valid_loss(self, category: str, params) -> float:
         if self._valid_batches is None:

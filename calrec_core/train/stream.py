@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -13,17 +14,27 @@ from calrec_core.train.batching import (
     bucket_length,
     collate,
     host_rows,
+    pack,
+    pack_plan,
+    round_up,
     split_microbatches,
 )
 from calrec_core.train.config import TrainConfig
 from calrec_core.train.examples import MixtureSampler
+
+# Items packed into one item-tower row (its length is this many longest targets + BOS).
+ITEMS_PER_ROW = 4
+# Per-row target capacity is rounded up to this (fewer distinct shapes, fewer compiles).
+TARGET_BUCKET = 16
 
 
 class BatchStream:
     """Builds this host's share of step ``step``'s global batch.
 
     Every host encodes the whole global batch (segment encodings are cached, so this is cheap)
-    to agree on the padded length, then packs only its own rows.
+    to agree on the padded length, then packs only its own rows. With ``config.packing`` every
+    host packs every microbatch the same way and keeps its contiguous share of the rows, so the
+    row count is rounded up to ``row_multiple`` (the devices of the mesh's batch axes).
     """
 
     def __init__(
@@ -33,36 +44,85 @@ class BatchStream:
         config: TrainConfig,
         process_index: int | None = None,
         process_count: int | None = None,
+        row_multiple: int = 1,
     ) -> None:
         self.sampler = sampler
         self.encoder = encoder
         self.config = config
         index = jax.process_index() if process_index is None else process_index
         count = jax.process_count() if process_count is None else process_count
-        self.rows = host_rows(config.batch_size, config.microbatches, index, count)
+        # microbatches=0 (auto) is resolved later; until then the stream only measures.
+        self.rows = host_rows(config.batch_size, config.microbatches or 1, index, count)
+        self.process_index, self.process_count = index, count
+        self.row_multiple = math.lcm(row_multiple, count)
 
     def global_examples(self, step: int):
         refs = [self.sampler.example(step, slot) for slot in range(self.config.batch_size)]
         return refs, [self.encoder(*self.sampler.texts(ref)) for ref in refs]
 
+    def tokens_per_user(self, step: int) -> float:
+        """Computed user-tower tokens per user of a step (for sizing microbatches): the mean
+        real length over the 85 % packing target when packing, else the padded length."""
+        _, encoded = self.global_examples(step)
+        lengths = [len(e.prompt_ids) + len(e.target_ids) for e in encoded]
+        if self.config.packing:
+            return sum(lengths) / len(lengths) / 0.85
+        return float(bucket_length(max(lengths), self.config.length_bucket,
+                                   self.config.max_sequence_len))
+
     def local_batch(self, step: int) -> Batch:
         """(A, B / A / hosts, ...) numpy arrays of this host's rows."""
+        if self.config.microbatches < 1:
+            raise ValueError("resolve microbatches=0 (auto) before drawing batches")
         _, encoded = self.global_examples(step)
         longest = max(len(e.prompt_ids) + len(e.target_ids) for e in encoded)
         seq_len = bucket_length(longest, self.config.length_bucket, self.config.max_sequence_len)
+        if self.config.packing:
+            return self._packed(encoded, seq_len)
         local = collate(
             [encoded[row] for row in self.rows], seq_len=seq_len,
             target_len=self.config.max_target_len, bos_id=self.encoder.tokenizer.bos_id,
             pad_id=self.encoder.tokenizer.pad_id,
         )
-        return split_microbatches(local, self.config.microbatches)
+        split = split_microbatches(local, self.config.microbatches)
+        # Segment ids name the user's slot in the whole microbatch, not in this host's share.
+        offset = self.process_index * (self.config.batch_size // self.config.microbatches
+                                       // self.process_count)
+        return split._replace(**{
+            name: np.where(ids > 0, ids + offset, 0).astype(np.int32)
+            for name, ids in (("segment_ids", split.segment_ids),
+                              ("item_segment_ids", split.item_segment_ids))
+        })
+
+    def _packed(self, encoded, seq_len: int) -> Batch:
+        micro = self.config.microbatches
+        users = len(encoded) // micro
+        item_len = ITEMS_PER_ROW * (self.config.max_target_len + 1)
+        plans = [pack_plan(encoded[a * users : (a + 1) * users], seq_len, item_len)
+                 for a in range(micro)]
+        rows = round_up(max(len(plan[0]) for plan in plans), self.row_multiple)
+        item_rows = round_up(max(len(plan[1]) for plan in plans), self.row_multiple)
+        most_targets = max(sum(len(encoded[a * users + u].target_ids) for u in members)
+                           for a, plan in enumerate(plans) for members in plan[0])
+        share, item_share = rows // self.process_count, item_rows // self.process_count
+        user_share = users // self.process_count
+        i = self.process_index
+        return pack(
+            encoded, plans, seq_len=seq_len, item_len=item_len, rows=rows, item_rows=item_rows,
+            target_len=round_up(most_targets, TARGET_BUCKET), bos_id=self.encoder.tokenizer.bos_id,
+            pad_id=self.encoder.tokenizer.pad_id, row_slice=slice(i * share, (i + 1) * share),
+            item_slice=slice(i * item_share, (i + 1) * item_share),
+            user_slice=slice(i * user_share, (i + 1) * user_share),
+        )
 
 
-def to_global(batch: Batch, sharding: jax.sharding.Sharding, global_rows: int) -> Batch:
-    """Assembles the hosts' (A, rows, ...) shares into global arrays sharded over the rows."""
+def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> Batch:
+    """Assembles the hosts' (A, rows, ...) shares into global arrays sharded over the rows.
+    Every host holds as many rows (packing pads each host's share alike), so the global row
+    count is the local one times the hosts."""
 
     def assemble(array: np.ndarray) -> jax.Array:
-        shape = (array.shape[0], global_rows, *array.shape[2:])
+        shape = (array.shape[0], array.shape[1] * jax.process_count(), *array.shape[2:])
         return jax.make_array_from_process_local_data(sharding, array, shape)
 
     return Batch(*(assemble(array) for array in batch))
@@ -92,5 +152,6 @@ def validation_batches(
         batch = collate(chunk, seq_len=seq_len, target_len=config.max_target_len,
                         bos_id=encoder.tokenizer.bos_id, pad_id=encoder.tokenizer.pad_id)
         batch.label_mask[real:] = False
+        batch.user_mask[real:] = False
         batches.append(batch)
     return batches

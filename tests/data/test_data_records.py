@@ -11,7 +11,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from calrec_core.data import decode_example, encode_example, read_examples, records
+from calrec_core.data import decode_tf_example, encode_tf_example, read_examples, records
 
 EXAMPLE = {
     "user_id": "U1",
@@ -33,19 +33,19 @@ def test_example_wire_format_matches_hand_encoding():
 
 
 def test_encode_decode_round_trip_and_determinism():
-    data = encode_example(EXAMPLE)
-    assert decode_example(data) == EXAMPLE
+    data = encode_tf_example(EXAMPLE)
+    assert decode_tf_example(data) == EXAMPLE
     reordered = dict(reversed(list(EXAMPLE.items())))
-    assert encode_example(reordered) == data
+    assert encode_tf_example(reordered) == data
 
 
 def test_encode_rejects_lists_of_different_length():
     with pytest.raises(ValueError, match="differ in length"):
-        encode_example({**EXAMPLE, "timestamps": [1]})
+        encode_tf_example({**EXAMPLE, "timestamps": [1]})
 
 
 def test_framing_is_read_back_by_beam_tfrecord_reader(tmp_path):
-    payloads = [encode_example({**EXAMPLE, "user_id": f"U{i}"}) for i in range(5)]
+    payloads = [encode_tf_example({**EXAMPLE, "user_id": f"U{i}"}) for i in range(5)]
     path = tmp_path / "train-00000-of-00001.tfrecord"
     with open(path, "wb") as stream:
         assert records.write_records(stream, payloads) == 5
@@ -74,7 +74,7 @@ def test_shards_are_stable_and_complete_sets_are_required(tmp_path):
     folder.mkdir()
     for index, user in ((0, "U2"), (1, "U1")):
         with open(folder / records.shard_name("train", index, 2), "wb") as stream:
-            records.write_records(stream, [encode_example({**EXAMPLE, "user_id": user})])
+            records.write_records(stream, [encode_tf_example({**EXAMPLE, "user_id": user})])
     assert [example["user_id"] for example in read_examples(tmp_path, "Cat", "train")] == [
         "U1", "U2"]
     (folder / records.shard_name("train", 1, 2)).unlink()

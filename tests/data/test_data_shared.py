@@ -31,6 +31,7 @@ def reference_counts(path, min_events: int) -> dict:
             by_user[row["reviewerID"]].append((row["unixReviewTime"], number, row["asin"],
                                                row.get("reviewText", ""), row["overall"]))
     duplicates, users, items, purchases = 0, 0, set(), 0
+    all_items, all_purchases = set(), 0
     for events in by_user.values():
         events.sort(key=lambda event: (event[0], event[1]))
         kept = []
@@ -40,12 +41,16 @@ def reference_counts(path, min_events: int) -> dict:
                 duplicates += 1
             else:
                 kept.append(event)
+        all_purchases += len(kept)
+        all_items.update(event[2] for event in kept)
         if len(kept) >= min_events:
             users += 1
             purchases += len(kept)
             items.update(event[2] for event in kept)
     return {"users": users, "items": len(items), "purchases": purchases,
-            "strict_duplicates": duplicates}
+            "strict_duplicates": duplicates,
+            "before_filter": {"users": len(by_user), "items": len(all_items),
+                              "purchases": all_purchases}}
 
 
 def _ingest(raw, folder, roles, tmp_path):
@@ -65,6 +70,9 @@ def _check(stats, folder, roles, output):
         assert len(load_corpus(output, name)) == expected["items"]
         assert got["read"] == got["kept"] + got["strict_duplicates"] + got["dead_letter"] + sum(
             got["filtered"].values())
+        table = got["table1"]
+        assert (table["users_before_filter"], table["items_before_filter"],
+                table["purchases_before_filter"]) == tuple(expected["before_filter"].values())
 
 
 def test_amazon2018_categories_match_reference(shared_data, raw, tmp_path):
@@ -76,6 +84,12 @@ def test_amazon2018_categories_match_reference(shared_data, raw, tmp_path):
     assert stats["Magazine_Subscriptions"]["items_without_metadata"] == 6
     for name in ("All_Beauty", "AMAZON_FASHION", "Appliances"):
         assert stats[name]["items_without_metadata"] == stats[name]["items"] > 0
+    # Table 1 before the length filter equals a plain count of each file's distinct users.
+    users_in_file = {}
+    for name in ("Appliances", "All_Beauty", "AMAZON_FASHION"):
+        with gzip.open(folder / f"{name}_5.json.gz", "rt", encoding="utf-8") as stream:
+            users_in_file[name] = len({json.loads(line)["reviewerID"] for line in stream})
+        assert stats[name]["table1"]["users_before_filter"] == users_in_file[name]
 
 
 def test_office2014_matches_reference(shared_data, raw, tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from calrec_core.data.mixture import mixture_weights
 from calrec_core.data.stats import (
     check_accounting,
     corpus_word_stats,
     format_table,
-    mixture_weights,
     table1_row,
 )
 from calrec_core.item_text import make_attributes

@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from calrec_core.data import decode_example, read_examples
+from calrec_core.data import decode_tf_example, read_examples
 from calrec_core.data import transforms as t
 from calrec_core.data.raw import Review
 from calrec_core.data.sources import CategorySource
@@ -103,8 +103,10 @@ def test_strict_dedup_drops_only_identical_consecutive_events():
             label="Sequences")
         assert_that(_summed(out[t.COUNTS]), equal_to([
             (("C", "strict_duplicates"), 3), (("C", "kept"), 6), (("C", "users"), 1),
-            (("C", "length:6"), 1)]),
+            (("C", "length:6"), 1), (("C", "before_filter:users"), 1),
+            (("C", "before_filter:purchases"), 6)]),
             label="Counts")
+        assert_that(out[t.ITEMS_BEFORE_FILTER], equal_to([("C", "A"), ("C", "B")]), label="Items")
 
 
 @pytest.mark.parametrize(("role", "kept_users"), [("eval", ["U3"]), ("validation", ["U2", "U3"]),
@@ -118,9 +120,14 @@ def test_users_too_short_for_their_role_are_filtered_and_counted(role, kept_user
                | t.BuildUserSequences([_source("C", role=role)], seed=1))
         assert_that(out.sequences | beam.MapTuple(lambda c, user, e: user), equal_to(kept_users),
                     label="Users")
-        assert_that(_summed(out[t.COUNTS]) | beam.Filter(lambda kv: "too_short" in kv[0][1]),
+        summed = _summed(out[t.COUNTS])
+        assert_that(summed | "TooShort" >> beam.Filter(lambda kv: "too_short" in kv[0][1]),
                     equal_to([(("C", "users:too_short"), dropped[0]),
                               (("C", "filtered:too_short"), dropped[1])]), label="Counts")
+        # Before the length filter every user and event counts (Table 1 "all" columns).
+        assert_that(summed | "Before" >> beam.Filter(lambda kv: "before" in kv[0][1]),
+                    equal_to([(("C", "before_filter:users"), 3),
+                              (("C", "before_filter:purchases"), 6)]), label="BeforeFilter")
 
 
 def test_user_sampling_is_a_stable_hash_of_seed_and_user():
@@ -162,7 +169,7 @@ def test_split_by_role_puts_the_target_last_and_never_leaks_later_events():
     with test_pipeline.TestPipeline() as pipeline:
         examples = {"sequences": pipeline | "Seq" >> beam.Create(sequences),
                     "corpus": pipeline | "Corpus" >> beam.Create(corpus)} | t.SplitByRole(sources)
-        decoded = examples | beam.MapTuple(lambda key, value: (key, decode_example(value[1])))
+        decoded = examples | beam.MapTuple(lambda key, value: (key, decode_tf_example(value[1])))
         assert_that(decoded | beam.MapTuple(lambda key, ex: (*key, tuple(ex["asins"]))), equal_to([
             ("E", "train", ("I0", "I1", "I2")), ("E", "valid", ("I0", "I1", "I2", "I3")),
             ("E", "test", ("I0", "I1", "I2", "I3", "I4")),
@@ -191,9 +198,9 @@ def test_mixture_weights_follow_users_to_the_power_0_3():
 def test_write_tfrecords_shards_by_size_and_writes_every_shard(tmp_path):
     users = [f"U{i:02d}" for i in range(7)]
     payload = {"category": "C", "asins": ["I"], "texts": ["t"], "timestamps": [1]}
-    from calrec_core.data import encode_example
+    from calrec_core.data import encode_tf_example
 
-    examples = [(("C", "train"), (user, encode_example({**payload, "user_id": user})))
+    examples = [(("C", "train"), (user, encode_tf_example({**payload, "user_id": user})))
                 for user in users]
     sources = [_source("C", role="validation")]  # train has 7 examples, valid has none
     with test_pipeline.TestPipeline() as pipeline:

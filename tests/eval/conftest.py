@@ -52,14 +52,14 @@ def write_dataset(data_dir: pathlib.Path, category: str, corpus: dict[str, str],
     """Writes the ingested layout (split shards + corpus.parquet) with the data area's writer."""
     import pandas as pd
 
-    from calrec_core.data.records import encode_example, shard_name, write_records
+    from calrec_core.data.records import encode_tf_example, shard_name, write_records
     from calrec_core.item_text import parse_item_text
 
     folder = data_dir / category
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in examples.items():
         with open(folder / shard_name(split, 0, 1), "wb") as stream:
-            write_records(stream, [encode_example(row) for row in rows])
+            write_records(stream, [encode_tf_example(row) for row in rows])
     parsed = {asin: parse_item_text(text) for asin, text in corpus.items()}
     pd.DataFrame({
         "asin": list(corpus),

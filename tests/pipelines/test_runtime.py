@@ -9,18 +9,24 @@ import math
 import pytest
 from kfp.dsl import Metrics
 
+from calrec_core.experiment import ExperimentConfig, apply_overrides, preset
+from calrec_core.experiment.steps import as_parameter
+from components.configure import configure
+from components.raw_manifest import data_version, local_manifest
 from components.runtime import (
+    StepTimeout,
     artifact_subpath,
     beam_runner_is_remote,
+    compilation_cache_dir,
+    deadline,
+    gcs_uri,
     json_metadata,
     local_path,
     log_numbers,
-    restore_integers,
     stage_summary,
-    write_image_html,
+    work_dir,
 )
 from pipelines.cli import _assignment
-from pipelines.local import fingerprint_files
 
 
 def test_gcs_uris_map_to_the_vertex_fuse_mount_and_local_paths_pass_through():
@@ -42,11 +48,7 @@ def test_remote_beam_runners_are_recognised(args, remote):
     assert beam_runner_is_remote(args) is remote
 
 
-def test_metadata_survives_json_and_integers_come_back_after_the_float_round_trip(tmp_path):
-    value = {"seed": 20240101.0, "rate": 0.5, "nested": [3.0, {"steps": 6.0}], "flag": True}
-    assert restore_integers(value) == {"seed": 20240101, "rate": 0.5,
-                                       "nested": [3, {"steps": 6}], "flag": True}
-    assert isinstance(restore_integers(value)["seed"], int)
+def test_metadata_survives_json(tmp_path):
     encoded = json_metadata({"path": tmp_path, "loss": math.nan, "steps": (1, 2)})
     assert encoded == {"path": str(tmp_path), "loss": "nan", "steps": [1, 2]}
 
@@ -69,17 +71,63 @@ def test_artifact_subpath_is_relative_and_refuses_paths_outside(tmp_path):
         artifact_subpath(tmp_path, str(tmp_path / "model"))
 
 
-def test_fingerprint_changes_with_content_and_names_only(tmp_path):
+def test_local_data_version_changes_with_content_and_names_only(tmp_path):
     (tmp_path / "a.json").write_text("one")
-    first = fingerprint_files(tmp_path)
-    assert fingerprint_files(tmp_path) == first
+    first = data_version(tmp_path)
+    assert first.startswith("sha256:") and data_version(tmp_path) == first
+    assert local_manifest(tmp_path)[0][:2] == ("a.json", 3)
     (tmp_path / "a.json").write_text("two")
-    assert fingerprint_files(tmp_path) != first
+    assert data_version(tmp_path) != first
     (tmp_path / "a.json").write_text("one")
     (tmp_path / "a.json").rename(tmp_path / "b.json")
-    assert fingerprint_files(tmp_path) != first
+    assert data_version(tmp_path) != first
     with pytest.raises(FileNotFoundError):
-        fingerprint_files(tmp_path / "missing")
+        data_version(tmp_path / "missing")
+
+
+def test_work_folders_are_run_and_task_scoped_and_outside_the_model_artifact(tmp_path):
+    model = str(tmp_path / "task" / "model")
+    assert work_dir("gs://b/ckpt", "gs://b/root", "run-1", "train-stage1", model) == (
+        "/gcs/b/ckpt/run-1/train-stage1")
+    assert work_dir("", "gs://b/root", "run-1", "train-stage2-Gift_Cards", model) == (
+        "/gcs/b/root/checkpoints/run-1/train-stage2-Gift_Cards")
+    # A backend that leaves the placeholders unresolved: beside the artifact, never inside.
+    assert work_dir("", "{{$.pipeline_root}}", "{{$.pipeline_job_uuid}}", "t", model) == (
+        str(tmp_path / "task" / "t-work"))
+    assert compilation_cache_dir("", "", "gs://b/root") == "/gcs/b/root/checkpoints/jax-cache"
+    assert compilation_cache_dir("gs://b/jax", "", "gs://b/root") == "/gcs/b/jax"
+    assert compilation_cache_dir("off", "gs://b/ckpt", "gs://b/root") == ""
+    assert gcs_uri("/gcs/b/x") == "gs://b/x" and gcs_uri("/tmp/x") == "/tmp/x"
+
+
+def test_deadline_interrupts_a_step_that_runs_too_long():
+    import time
+
+    with (pytest.raises(StepTimeout, match="train-stage1 ran past its limit"),
+          deadline(0.5 / 3600, "train-stage1")):
+        time.sleep(5)
+    with deadline(0, "no limit"):
+        time.sleep(0.01)
+
+
+def _as_kfp_carries_it(value):
+    """KFP's JSON parameters carry every number as a float."""
+    return json.loads(json.dumps(value), parse_int=float)
+
+
+def test_configure_reads_the_experiment_as_kfp_carries_it_and_checks_the_compiled_roles():
+    config = apply_overrides(preset("tiny"), ["train.alpha=0", "eval.n_gen=2"])
+    ingest, train, evaluate = map(json.loads, configure(
+        _as_kfp_carries_it(as_parameter(config)), ["Gift_Cards", "Magazine_Subscriptions"]))
+    assert ingest["seed"] == config.roles.seed and isinstance(ingest["seed"], int)
+    assert ExperimentConfig.from_dict(train).train == config.train
+    assert ExperimentConfig.from_dict(evaluate).eval == config.eval
+    roles = config.to_dict()["roles"]
+    roles["categories"]["Gift_Cards"]["role"] = "pretrain"
+    with pytest.raises(ValueError, match=r"\['Gift_Cards'\] no 'eval' role.*recompile"):
+        configure({**config.to_dict(), "roles": roles}, ["Gift_Cards", "Magazine_Subscriptions"])
+    with pytest.raises(ValueError, match="unknown field 'alpah'"):
+        configure({"preset": "tiny", "train": {"alpah": 0}}, ["Gift_Cards"])
 
 
 def test_cli_parameters_keep_their_types():
@@ -103,22 +151,12 @@ def test_stage_summary_keeps_selection_and_drops_absolute_folders(tmp_path):
     assert metrics == {"selected_step": 4, "selected_ndcg@10_pes": 0.125}
 
 
-def test_plots_are_inlined_into_a_single_html_file(tmp_path):
-    png = tmp_path / "plot.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    write_image_html(png, str(tmp_path / "page.html"), "Losses <stage I>")
-    page = (tmp_path / "page.html").read_text()
-    assert "Losses &lt;stage I&gt;" in page
-    assert "data:image/png;base64,iVBORw0KGgpmYWtl" in page
-
-
-def test_run_local_refuses_unknown_parameters_before_running_anything(tmp_path, sample_dir,
-                                                                      sample_config):
-    import yaml
-
+def test_run_local_refuses_unknown_parameters_before_running_anything(tmp_path, sample_dir):
     from pipelines import run_local
 
-    roles = yaml.safe_load(sample_config.read_text())
-    with pytest.raises(ValueError, match=r"unknown pipeline parameters \['alpah'\]"):
-        run_local(sample_dir, roles, tmp_path, preset="tiny", parameters={"alpah": 0.1})
+    # Experiment settings are no parameters: they go through the experiment (--set).
+    with pytest.raises(ValueError, match=r"unknown pipeline parameters \['alpha'\]"):
+        run_local(sample_dir, preset("tiny"), tmp_path, parameters={"alpha": 0.1})
+    with pytest.raises(ValueError, match="the experiment is run_local's own argument"):
+        run_local(sample_dir, preset("tiny"), tmp_path, parameters={"experiment": {}})
     assert not (tmp_path / "pipeline_root").exists()

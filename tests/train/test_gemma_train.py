@@ -30,7 +30,7 @@ def test_real_gemma_loss_decreases_on_the_sample(ingested_sample):
     mesh = make_mesh()
     trainer, params = Trainer.create(model, config, mesh)
     opt_state = trainer.init_optimizer(params)
-    batch = to_global(stream.local_batch(0), batch_sharding(mesh), config.batch_size)
+    batch = to_global(stream.local_batch(0), batch_sharding(mesh))
     history = []
     for _ in range(3):
         params, opt_state, metrics = trainer.train_step(params, opt_state, batch)

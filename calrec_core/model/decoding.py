@@ -222,8 +222,8 @@ def generate(
         inputs = [tokens, positions, mask]
         if mesh is not None:
             batch_sharding = logical_to_sharding(("batch", "length"), mesh)
-            inputs = [jax.device_put(x, batch_sharding) for x in inputs]
-            keys = jax.device_put(keys, logical_to_sharding(("batch",), mesh))
+            inputs = [_to_mesh(x, batch_sharding) for x in inputs]
+            keys = _to_mesh(keys, logical_to_sharding(("batch",), mesh))
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
             generated, logprob, done = _decode(
                 model,
@@ -237,7 +237,7 @@ def generate(
                 pad_id=pad_id,
                 num_samples=num_samples,
             )
-        generated, logprob, done = jax.device_get((generated, logprob, done))
+        generated, logprob, done = _to_host((generated, logprob, done))
         for index, p in enumerate(chunk):
             for s in range(num_samples):
                 row = index * num_samples + s
@@ -249,6 +249,20 @@ def generate(
                     stopped=bool(done[row]),
                 )
     return results  # type: ignore[return-value]
+
+
+def _to_mesh(array: np.ndarray, sharding) -> jax.Array:
+    """A host array every process holds whole, placed on a sharding that may span hosts."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _to_host(arrays):
+    """Whole numpy values of (possibly multi-host) sharded arrays, on every process."""
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(
+        lambda x: (np.asarray(jax.device_get(x)) if x.is_fully_addressable
+                   else multihost_utils.process_allgather(x, tiled=True)), arrays)
 
 
 def generate_texts(model: Gemma3, tokenizer, prompts: Sequence[Sequence[int]], **kwargs):

@@ -177,3 +177,15 @@ def test_bad_prompts_are_rejected(model, tokenizer):
         generate(model, [[2, CONFIG.vocab_size]])
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, [[2]], stop_at_newline=True)
+
+
+def test_length_bucket_changes_padding_not_samples(model, prompts):
+    """The prompt-length bucket (an EvalConfig field) only sets the left padding."""
+    kwargs = dict(num_samples=3, max_new_tokens=10, seed=5, batch_size=8)
+    narrow = generate(model, prompts, length_bucket=16, **kwargs)
+    wide = generate(model, prompts, length_bucket=256, **kwargs)
+    assert [[s.token_ids for s in row] for row in narrow] == [
+        [s.token_ids for s in row] for row in wide
+    ]
+    np.testing.assert_allclose([[s.logprob for s in row] for row in narrow],
+                               [[s.logprob for s in row] for row in wide], rtol=1e-5, atol=1e-5)
