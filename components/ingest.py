@@ -8,6 +8,7 @@ def ingest(
     roles: str,
     beam_args: list,
     raw_data_version: str,
+    dataflow: dict,
     dataset: Output[Dataset],
     ingest_metrics: Output[Metrics],
 ):
@@ -15,18 +16,22 @@ def ingest(
     ``roles`` (its roles mapping as JSON text, from the configure step).
 
     ``raw_data_version`` (the raw-data version step's output) only gets recorded, but it is
-    part of the cache key, so new data is never served stale. With a remote Beam runner
-    (Dataflow) the job reads and writes Cloud Storage URIs directly.
+    part of the cache key, so new data is never served stale. ``dataflow`` (project, region,
+    temp_location, worker_image, machine_type, max_workers, service_account) runs the job on
+    Dataflow when its project is set; this step then waits for the job. A remote runner reads
+    and writes Cloud Storage URIs directly.
     """
     import json
 
     from calrec_core.data import load_stats, roles_config_from_dict, run_ingest
+    from calrec_core.data.ingest import dataflow_args
     from components.runtime import beam_runner_is_remote, json_metadata, log_numbers
 
     summary_keys = ("users", "items", "purchases", "examples", "dead_letter",
                     "metadata_dead_letter", "items_without_metadata", "filtered_users")
     roles = json.loads(roles)
     config = roles_config_from_dict(roles, source="the experiment's roles")
+    beam_args = [*beam_args, *dataflow_args(**dataflow)]
     remote = beam_runner_is_remote(beam_args)
     input_dir = raw_data.uri if remote else raw_data.path
     output_dir = dataset.uri if remote else dataset.path

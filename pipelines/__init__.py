@@ -3,7 +3,7 @@
 Names load on first use (PEP 562), so ``calrec --help`` does not import KFP or the cloud SDK.
 """
 
-import importlib
+from calrec_core.lazy import lazy_exports
 
 _EXPORTS = {
     "PIPELINE_NAME": "pipelines.dag",
@@ -28,10 +28,4 @@ _EXPORTS = {
     "submit_pipeline": "pipelines.vertex",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ import argparse
 import functools
 import json
 
-from calrec_core.overrides import PRESETS
+from calrec_core.experiment.cli import add_experiment_arguments
 
 DEFAULT_DATA_DIR = "data/sample/amazon2018"
 # Of run-local and compile, without --preset or a preset in --config.
@@ -36,21 +36,8 @@ def _label(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _add_experiment_arguments(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help=f"starting point: tiny, demo or paper (default: {default})")
-    parser.add_argument("--config", metavar="YAML",
-                        help="experiment file with roles/train/eval/experiment sections "
-                             "(as `calrec experiment --config`)")
-    parser.add_argument("--roles", metavar="YAML",
-                        help="category roles file (replaces the preset's or config's roles)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override one experiment setting, e.g. --set train.alpha=0 "
-                             "--set eval.n_gen=8 --set experiment.baselines=lir (repeatable)")
-
-
 def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_experiment_arguments(parser, f"the --config file's, else {DEFAULT_PRESET}")
+    add_experiment_arguments(parser, f"the --config file's, else {DEFAULT_PRESET}")
     parser.add_argument("--categories", nargs="+", default=None,
                         help="evaluation categories (default: every 'eval' role)")
 
@@ -291,7 +278,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=VALUE",
                         help="operational pipeline parameter, e.g. raw_data_uri=gs://B/raw "
                              "(value read as YAML)")
-    _add_experiment_arguments(parser, "the template's experiment")
+    add_experiment_arguments(parser, "the template's experiment")
     parser.add_argument("--label", action="append", type=_label, default=[],
                         metavar="KEY=VALUE", help="resource label")
     parser.add_argument("--display-name", default="calrec", help="run display name")

@@ -96,6 +96,7 @@ def build_pipeline(
         experiment.eval_categories if categories is None else categories, experiment)
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
+    images = images or ImageSet()
     steps = make_components(images, accelerator)
     default_experiment = as_parameter(experiment)
     on_accelerator = accelerator != "cpu"
@@ -122,6 +123,13 @@ def build_pipeline(
         # The experiment's roles, train, eval and own fields (steps.as_parameter).
         experiment: dict = default_experiment,
         beam_args: list = [],  # noqa: B006 (KFP reads defaults from the signature)
+        # Ingestion on Dataflow when a project is given (workers run the ingest image).
+        dataflow_project: str = "",
+        dataflow_region: str = "",
+        dataflow_temp_location: str = "",
+        dataflow_machine_type: str = "n1-standard-4",
+        dataflow_max_workers: int = 32,
+        dataflow_service_account: str = "",
         split: str = "test",
         # Resumable training state: <checkpoint_root>/<run id>/<task> ("" = <root>/checkpoints).
         checkpoint_root: str = "",
@@ -155,6 +163,10 @@ def build_pipeline(
         ingest = resources(steps.ingest(
             raw_data=raw_data.output, roles=views.outputs["ingest"], beam_args=beam_args,
             raw_data_version=version.output,
+            dataflow=dict(project=dataflow_project, region=dataflow_region,
+                          temp_location=dataflow_temp_location, worker_image=images.ingest,
+                          machine_type=dataflow_machine_type, max_workers=dataflow_max_workers,
+                          service_account=dataflow_service_account),
         ), ingest_cpu_limit, ingest_memory_limit).set_display_name("ingest")
         dataset = ingest.outputs["dataset"]
         # Recorded by the heavy tasks; passing it makes KFP carry the placement parameters

@@ -11,7 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and the ones before it.
 LAYERS = (
-    ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.item_text",
+    ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.item_text", "calrec_core.lazy",
      "calrec_core.overrides", "calrec_core.template"),
     ("calrec_core.data",),
     ("calrec_core.model",),

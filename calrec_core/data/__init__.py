@@ -15,7 +15,7 @@ the last element. Names load on first use (PEP 562): importing this package impo
 Beam nor the TFRecord codec; the roles config needs only PyYAML.
 """
 
-import importlib
+from calrec_core.lazy import lazy_exports
 
 _EXPORTS = {
     "CategoryRole": "calrec_core.data.config",
@@ -35,10 +35,4 @@ _EXPORTS = {
     "encode_tf_example": "calrec_core.data.records",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'calrec_core.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

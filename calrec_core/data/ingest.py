@@ -94,6 +94,29 @@ def _input_error(error: BaseException) -> str | None:
     return match.group(0).strip() if match else None
 
 
+def dataflow_args(project: str, region: str, temp_location: str, worker_image: str,
+                  machine_type: str = "", max_workers: int = 0,
+                  service_account: str = "") -> list[str]:
+    """Beam options of a Dataflow run: where it runs, the workers' image (the ingest image, so
+    workers import calrec without building anything) and their size; empty values are left
+    to Dataflow's defaults. An empty ``project`` means no Dataflow: []."""
+    if not project:
+        return []
+    missing = [name for name, value in (("region", region), ("temp_location", temp_location),
+                                        ("worker_image", worker_image)) if not value]
+    if missing:
+        raise CalrecError(f"a Dataflow ingestion in project {project} needs {missing}")
+    args = ["--runner=DataflowRunner", f"--project={project}", f"--region={region}",
+            f"--temp_location={temp_location}", f"--sdk_container_image={worker_image}"]
+    if machine_type:
+        args.append(f"--machine_type={machine_type}")
+    if max_workers:
+        args.append(f"--max_num_workers={int(max_workers)}")
+    if service_account:
+        args.append(f"--service_account_email={service_account}")
+    return args
+
+
 def dataflow_worker_args(beam_args: Sequence[str]) -> list[str]:
     """``beam_args``, with the workers' container image added for a Dataflow run.
 

@@ -5,7 +5,7 @@ Names load on first use (PEP 562), so ``EvalConfig`` imports without scipy or th
 models load inside the functions that need them.
 """
 
-import importlib
+from calrec_core.lazy import lazy_exports
 
 _EXPORTS = {
     "BM25Index": "calrec_core.eval.bm25",
@@ -31,10 +31,4 @@ _EXPORTS = {
     "METHODS": "calrec_core.eval.scoring",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'calrec_core.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from calrec_core.data.config import load_roles_config
     from calrec_core.experiment.config import load_experiment
 
-    overrides = list(args.set or [])
+    overrides = list(args.set)
     if args.budget_minutes is not None:
         overrides.append(f"experiment.budget_minutes={args.budget_minutes}")
     if args.variants is not None:
@@ -45,6 +45,21 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_experiment_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--preset, --config, --roles and --set: how every command that runs an experiment
+    (``calrec experiment``, ``calrec pipeline ...``) builds its ExperimentConfig."""
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="starting point: tiny (seconds, random tiny model), demo (real "
+                        f"model, CPU-sized) or paper (§4); default: {default}")
+    parser.add_argument("--config", metavar="YAML",
+                        help="experiment file with roles/train/eval/experiment sections")
+    parser.add_argument("--roles", metavar="YAML",
+                        help="category roles file (replaces the preset's or config's roles)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one setting, e.g. --set train.alpha=0 "
+                        "--set eval.n_gen=8 --set experiment.baselines=lir (repeatable)")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "experiment",
@@ -60,16 +75,7 @@ def register(subparsers) -> None:
     parser.add_argument("--ingested", metavar="DIR",
                         help="reuse this ingested data folder instead of ingesting --data")
     parser.add_argument("--output", help="experiment folder (resumable)")
-    parser.add_argument("--preset", choices=PRESETS,
-                        help="starting point: tiny (seconds, random tiny model), demo (real "
-                        "model, CPU-sized) or paper (§4); default: the config file's, else paper")
-    parser.add_argument("--config", metavar="YAML",
-                        help="experiment file with roles/train/eval/experiment sections")
-    parser.add_argument("--roles", metavar="YAML",
-                        help="category roles file (replaces the preset's or config's roles)")
-    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                        help="override one setting, e.g. --set train.alpha=0 "
-                        "--set eval.n_gen=8 --set experiment.train_share=0.5")
+    add_experiment_arguments(parser, "the config file's, else paper")
     parser.add_argument("--budget-minutes", type=float, metavar="MIN",
                         help="wall-clock budget; 0 keeps the configured step counts")
     parser.add_argument("--variants", metavar="LIST",

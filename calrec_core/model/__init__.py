@@ -3,7 +3,7 @@
 Names load on first use (PEP 562), so the ``calrec`` command starts without JAX.
 """
 
-import importlib
+from calrec_core.lazy import lazy_exports
 
 _EXPORTS = {
     "Gemma3Config": "calrec_core.model.config",
@@ -27,10 +27,4 @@ _EXPORTS = {
     "make_tiny_tokenizer": "calrec_core.model.tokenizer",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'calrec_core.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

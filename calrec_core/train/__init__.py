@@ -11,7 +11,7 @@ Choices the paper leaves open, made once here:
   losses still use every user of the step as an in-batch negative, as with one microbatch.
 """
 
-import importlib
+from calrec_core.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "calrec_core.train.config",
@@ -28,10 +28,4 @@ _EXPORTS = {
     "load_trained": "calrec_core.model.export",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'calrec_core.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

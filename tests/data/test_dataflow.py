@@ -423,3 +423,21 @@ def test_the_ingest_lock_holds_beams_whole_gcp_extra():
             name = canonicalize_name(requirement.name)
             assert name in lock, requirement
             assert requirement.specifier.contains(lock[name], prereleases=True), requirement
+
+
+def test_dataflow_args_from_pipeline_parameters():
+    """The pipeline's Dataflow parameters as Beam options: none without a project, the worker
+    image always, sizes only when given, and a clear error when a required one is empty."""
+    from calrec_core.data.ingest import dataflow_args, dataflow_worker_args
+    from calrec_core.errors import CalrecError
+
+    assert dataflow_args("", "", "", "") == []
+    args = dataflow_args("p", "europe-west4", "gs://b/tmp", "r/calrec-ingest:1",
+                         machine_type="n2-standard-8", max_workers="16")
+    assert args == ["--runner=DataflowRunner", "--project=p", "--region=europe-west4",
+                    "--temp_location=gs://b/tmp", "--sdk_container_image=r/calrec-ingest:1",
+                    "--machine_type=n2-standard-8", "--max_num_workers=16"]
+    # The image is already there, so the worker check keeps the options as they are.
+    assert dataflow_worker_args(args) == args
+    with pytest.raises(CalrecError, match=r"needs \['region', 'temp_location'\]"):
+        dataflow_args("p", "", "", "r/calrec-ingest:1")

@@ -70,6 +70,14 @@ def test_dag_versions_and_imports_the_raw_data_then_fans_out_per_category_into_t
     assert ingest["parameters"]["raw_data_version"]["taskOutputParameter"]["producerTask"] == (
         "raw-data-version")
     assert ingest["artifacts"]["raw_data"]["taskOutputArtifact"]["producerTask"] == "importer"
+    # Dataflow by parameters alone: its workers run the ingest step's own image.
+    dataflow = ingest["parameters"]["dataflow"]["runtimeValue"]["constant"]
+    assert dataflow["worker_image"] == IMAGES.ingest
+    for key in ("project", "region", "temp_location", "machine_type", "max_workers",
+                "service_account"):
+        assert dataflow[key] == f"{{{{$.inputs.parameters['pipelinechannel--dataflow_{key}']}}}}"
+    assert spec["root"]["inputDefinitions"]["parameters"]["dataflow_project"][
+        "defaultValue"] == ""  # no project: the DirectRunner inside the step
     # The experiment parameter goes to the configure steps alone (with the compiled
     # categories they check); every other step reads the view of it that one hands on.
     keys = {task["taskInfo"]["name"]: key for component in spec["components"].values()
