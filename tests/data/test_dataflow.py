@@ -239,20 +239,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
 
 @pytest.fixture()
-def stand_in(tmp_path):
+def stand_in(tmp_path, serve_http):
     """(StandIn, environment for a `calrec` process that talks only to it)."""
     service = StandIn()
-    handler = type("Handler", (_Handler,), {"stand_in": service})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    port = serve_http(_Handler, stand_in=service)
     # "localhost": Beam talks REST (not gRPC) to a Dataflow endpoint that names it.
-    endpoint = service.endpoint = f"http://localhost:{server.server_address[1]}"
+    endpoint = service.endpoint = f"http://localhost:{port}"
     # A service account (its file may name the token URI; a user's may not).
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     service.public_key = key.public_key().public_bytes(
@@ -272,9 +266,7 @@ def stand_in(tmp_path):
                NO_PROXY="localhost,127.0.0.1", HOME=str(tmp_path), NO_GCE_CHECK="True",
                GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9",
                CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
-    yield service, env
-    server.shutdown()
-    server.server_close()
+    return service, env
 
 
 def _raw_input(raw_dir: pathlib.Path, raw) -> pathlib.Path:

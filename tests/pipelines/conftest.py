@@ -413,19 +413,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
 
 @pytest.fixture()
-def vertex_standin(monkeypatch):
+def vertex_standin(monkeypatch, serve_http):
     """(stand-in state, endpoint URL); Cloud Storage calls go to the same loopback server."""
     standin = VertexStandIn()
-    handler = type("Handler", (_Handler,), {"standin": standin})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    endpoint = f"http://127.0.0.1:{serve_http(_Handler, standin=standin)}"
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
     # The SDK checks who owns an existing pipeline-root bucket through Resource Manager, whose
     # client takes no endpoint from the environment: point it at the stand-in too.
@@ -435,8 +428,4 @@ def vertex_standin(monkeypatch):
     monkeypatch.setattr(resourcemanager, "ProjectsClient", lambda credentials=None: (
         projects_client(credentials=credentials, transport="rest",
                         client_options={"api_endpoint": endpoint})))
-    try:
-        yield standin, endpoint
-    finally:
-        server.shutdown()
-        server.server_close()
+    return standin, endpoint
