@@ -112,3 +112,25 @@ sys.exit(main(["pipeline", "compile", "--preset", "paper", "--set", "train.alpha
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "p.yaml").is_file()
+
+
+def test_every_cli_option_has_help_and_every_preset_has_choices():
+    import argparse
+
+    from calrec_core.cli import build_parser
+
+    missing, free_presets = [], []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                if not action.help:
+                    missing.append(f"{path} {action.dest}")
+                if action.dest == "preset" and not action.choices:
+                    free_presets.append(path)
+
+    walk(build_parser(), "calrec")
+    assert missing == [] and free_presets == []

@@ -24,11 +24,15 @@ def register(subparsers) -> None:
         required=True,
         help="JSON list of item texts (oldest first), inline or a file path",
     )
-    sample.add_argument("--num-samples", type=int, default=4)
-    sample.add_argument("--temperature", type=float, default=0.5)
-    sample.add_argument("--max-new-tokens", type=int, default=80)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--greedy", action="store_true")
+    sample.add_argument("--num-samples", type=int, default=4,
+                        help="continuations to draw (default 4)")
+    sample.add_argument("--temperature", type=float, default=0.5,
+                        help="sampling temperature (default 0.5, the paper's)")
+    sample.add_argument("--max-new-tokens", type=int, default=80,
+                        help="longest continuation in tokens (default 80, the paper's)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sample.add_argument("--greedy", action="store_true",
+                        help="one greedy continuation instead of sampling")
     sample.set_defaults(handler=_sample)
 
 

@@ -79,7 +79,8 @@ def register(subparsers) -> None:
         description="Resumable: rerun the same command to continue from the newest checkpoint "
         "in --output. The selected model is exported to OUTPUT/selected.",
     )
-    train.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    train.add_argument("--stage", type=int, choices=(1, 2), required=True,
+                       help="1: multi-category joint fine-tuning; 2: one category")
     train.add_argument("--data", required=True, help="ingested data folder (calrec ingest)")
     train.add_argument("--output", required=True, help="run folder")
     add_preset_arguments(train, "train")
