@@ -268,11 +268,13 @@ def run_evaluation(
     model_and_tokenizer: tuple | None = None,
     show_progress: bool = True,
     preset: str | None = None,
+    model_label: str | None = None,
 ) -> dict:
     """Evaluates methods on one category/split; writes outputs (module docstring); returns
     the metrics.json content. Needs model_source ('pretrained' or a checkpoint path) or a
     loaded (model, tokenizer) for the generative methods. ``preset`` names the settings in
-    the report (default: inferred from ``config``)."""
+    the report (default: inferred from ``config``); ``model_label`` names the model there
+    (default: 'pretrained' or the checkpoint folder's name)."""
     import pandas as pd
 
     from calrec_core.data import read_examples
@@ -287,7 +289,10 @@ def run_evaluation(
     needs_model = any(m in MODEL_METHODS for m in methods)
     if needs_model and model_source is None and model_and_tokenizer is None:
         raise ValueError(f"methods {methods} need --model ('pretrained' or a checkpoint dir)")
-    model_label = _model_label(model_source, model_and_tokenizer) if needs_model else None
+    if needs_model:
+        model_label = model_label or _model_label(model_source, model_and_tokenizer)
+    else:
+        model_label = None
     catalog = load_catalog(data_dir, category, config)
     examples = _select_users(read_examples(data_dir, category, split), config)
     fingerprint = model_fingerprint(model_source, model_and_tokenizer) if needs_model else None

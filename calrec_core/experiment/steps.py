@@ -192,7 +192,9 @@ def evaluate_methods(
     eval_config = eval_config.with_training_budget(config.train.max_input_len)
     runs: dict[str, dict] = {}
     for variant, model in models.items():
-        runs[variant] = {"methods": ["calrec"], "model_source": model}
+        # The report reads "calrec [fine-tuned]", "calrec [no_stage1]", "calrec [pretrained]".
+        runs[variant] = {"methods": ["calrec"], "model_source": model,
+                         "model_label": "fine-tuned" if variant == "calrec" else variant}
     for baseline in config.baselines:
         runs[baseline] = ({"methods": ["lir"]} if baseline == "lir"
                           else {"methods": ["calrec"], **_untrained_model(config)})
