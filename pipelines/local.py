@@ -11,6 +11,7 @@ changed data re-run ingestion (and, through new artifact URIs, everything after 
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import importlib.util
 import pathlib
@@ -90,7 +91,14 @@ def run_local(
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         # Display names matter on Vertex AI only; the local runner names tasks itself.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-        run = pipeline(**arguments)
+        # KFP indents print() while a task runs by swapping builtins.print; tasks of a
+        # ParallelFor run in threads and can restore each other's swap, leaving every later
+        # print of this process indented. Put the real one back.
+        real_print = builtins.print
+        try:
+            run = pipeline(**arguments)
+        finally:
+            builtins.print = real_print
     report, report_html = run.outputs["report"], run.outputs["report_html"]
     markdown_copy = output_dir / "report.md"
     html_copy = output_dir / "report.html"

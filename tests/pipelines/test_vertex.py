@@ -217,7 +217,9 @@ def test_submit_wait_follows_the_run_and_prints_the_console_link(
                           "PIPELINE_STATE_RUNNING", "PIPELINE_STATE_SUCCEEDED"]
     assert main(["pipeline", "submit", *_location(endpoint), *_run_flags(template),
                  "--wait", "--poll-seconds", "0"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    # Stripped: KFP's local runner (another test in this process) may have left print()
+    # indenting; what matters here is each line's content.
+    out = [line.strip() for line in capsys.readouterr().out.splitlines()]
     (job_id,) = standin.pipeline_jobs
     assert out[0] == f"Pipeline job: projects/test-project/locations/{REGION}/pipelineJobs/{job_id}"
     assert out[1] == (f"Console: https://console.cloud.google.com/vertex-ai/locations/{REGION}/"
