@@ -31,20 +31,6 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12,
-              "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12}
-
-
-def peak_flops(device_kind: str, override_tflops: float | None) -> float | None:
-    if override_tflops:
-        return override_tflops * 1e12
-    kind = device_kind.lower()
-    for name, flops in PEAK_FLOPS.items():
-        if name in kind:
-            return flops
-    return None
-
-
 def _ingested(data: str | None, scratch: pathlib.Path) -> str:
     if data:
         return data
@@ -65,12 +51,7 @@ def measure(data_dir: str, config, steps: int, model, tokenizer, peak: float | N
     from calrec_core.model.sharding import batch_multiple
     from calrec_core.train.batching import ExampleEncoder, padding_fraction
     from calrec_core.train.examples import MixtureSampler, load_training_sequences
-    from calrec_core.train.step import (
-        Trainer,
-        _param_count,
-        batch_sharding,
-        resolve_microbatches,
-    )
+    from calrec_core.train.step import Trainer, batch_sharding, resolve_microbatches
     from calrec_core.train.stream import BatchStream, to_global
 
     weights = load_mixture(data_dir)["weights"]
@@ -86,7 +67,7 @@ def measure(data_dir: str, config, steps: int, model, tokenizer, peak: float | N
     trainer, params = Trainer.create(nnx.clone(model), config, mesh)
     opt_state = trainer.init_optimizer(params)
     embedding = model.config.vocab_size * model.config.embed_dim
-    body = _param_count(model.config) - embedding
+    body = model.config.num_non_embedding_params
     timings, tokens, targets, padding, flops = [], [], [], [], []
     compile_s = None
     for step in range(steps + 1):
@@ -148,6 +129,8 @@ def main() -> None:
                 "unpacked": config.replace(packing=False),
                 "nig_only": config.replace(packing=True, alpha=0.0, beta=0.0)}
     kind = str(jax.devices()[0].device_kind)
+    from calrec_core.experiment.timing import peak_flops
+
     peak = peak_flops(kind, args.peak_tflops)
     report = {"preset": args.preset, "overrides": args.set, "device": kind,
               "devices": jax.device_count(), "peak_flops": peak,

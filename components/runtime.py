@@ -136,15 +136,11 @@ def compilation_cache_dir(jax_cache_dir: str, checkpoint_root: str, pipeline_roo
 
 
 def enable_compilation_cache(directory: str) -> None:
-    """Points JAX's persistent compilation cache at ``directory`` ("" leaves it off), caching
-    every program that took over a second to compile (retries and later runs reuse them)."""
-    if not directory:
-        return
-    import jax
+    """JAX's persistent compilation cache in ``directory`` ("" leaves it off): retries and
+    later runs reuse every program that took over a second to compile."""
+    from calrec_core.model.compilation_cache import enable_compilation_cache as enable
 
-    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    enable(directory)
 
 
 class StepTimeout(TimeoutError):

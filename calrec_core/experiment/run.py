@@ -35,7 +35,7 @@ from calrec_core.experiment.plan import (
     stage2_runs,
     unbudgeted_plan,
 )
-from calrec_core.experiment.timing import TimingLog, mfu, non_embedding_params
+from calrec_core.experiment.timing import TimingLog, mfu
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,14 @@ COMPILATION_CACHE = "jax_cache"
 
 
 def _use_compilation_cache(directory: pathlib.Path) -> None:
-    """Stage runs of one shape (every Stage II run, the probe and its stage) compile the same
-    programs; JAX's persistent cache compiles each once, on CPU and accelerators alike."""
+    """Stage runs of one shape (every Stage II run, the probe and its stage) share compiled
+    programs; a cache the caller already chose is kept."""
     import jax
 
+    from calrec_core.model.compilation_cache import enable_compilation_cache
+
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(directory.absolute()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        enable_compilation_cache(directory, min_compile_seconds=0.5)
 
 
 def run_experiment(config: ExperimentConfig, raw_dirs: Sequence, output_dir, *,
@@ -253,13 +254,8 @@ def _utilisation(checkpoint_dir: str, tokens_per_s: float | None) -> dict:
     import jax
 
     from calrec_core.model.export import config_from, read_model_info
-    from calrec_core.model.gemma import Gemma3
 
-    architecture = config_from(read_model_info(checkpoint_dir)["architecture"])
-    from flax import nnx
-
-    abstract = nnx.eval_shape(lambda: Gemma3(architecture, rngs=nnx.Rngs(0)))
-    params = non_embedding_params(abstract)
+    params = config_from(read_model_info(checkpoint_dir)["architecture"]).num_non_embedding_params
     device = jax.devices()[0]
     return {"device": device.device_kind, "devices": jax.device_count(),
             "non_embedding_params": params,

@@ -29,25 +29,16 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops(device_kind: str) -> float | None:
-    """Peak bf16 FLOP/s of a jax ``device_kind`` ("NVIDIA H100 80GB HBM3", "TPU v4"); None
-    for a CPU or an unknown device (MFU is then not reported)."""
+def peak_flops(device_kind: str, override_tflops: float | None = None) -> float | None:
+    """Peak bf16 FLOP/s of a jax ``device_kind`` ("NVIDIA H100 80GB HBM3", "TPU v4"), or
+    ``override_tflops`` when given; None for a CPU or an unknown device (no MFU then)."""
+    if override_tflops:
+        return override_tflops * 1e12
     kind = device_kind.lower()
     for name, flops in PEAK_FLOPS.items():
         if name in kind:
             return flops
     return None
-
-
-def non_embedding_params(model) -> int:
-    """Parameters of a Gemma3 model other than the (tied) token embedding."""
-    import jax
-    from flax import nnx
-
-    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    total = sum(leaf.size for leaf in jax.tree.leaves(state))
-    config = model.config
-    return int(total - config.vocab_size * config.embed_dim)
 
 
 def mfu(tokens_per_second: float, params: int, device_kind: str, devices: int) -> float | None:

@@ -45,6 +45,18 @@ class Gemma3Config:
             if unknown:
                 raise ValueError(f"unknown layer types {sorted(unknown)}")
 
+    @property
+    def num_params(self) -> int:
+        """Parameters of the model (the tied embedding counted once), from the shapes alone."""
+        d, f, h = self.embed_dim, self.mlp_dim, self.head_dim
+        attention = d * h * (2 * self.num_heads + 2 * self.num_kv_heads) + 2 * h
+        return self.vocab_size * d + self.num_layers * (attention + 3 * d * f + 4 * d) + d
+
+    @property
+    def num_non_embedding_params(self) -> int:
+        """Parameters besides the token embedding (the usual N of 6 N FLOPs per token)."""
+        return self.num_params - self.vocab_size * self.embed_dim
+
     def is_global(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` attends globally (else within the sliding window)."""
         if self.layer_types is not None:

@@ -27,11 +27,10 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("calrec_core").setLevel(logging.INFO)
-    if args.compilation_cache:
-        import jax
+    # Stages run as separate processes compile the same step; the cache compiles it once.
+    from calrec_core.model.compilation_cache import enable_compilation_cache
 
-        # Stages run as separate processes compile the same step; the cache compiles it once.
-        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    enable_compilation_cache(args.compilation_cache)
     from calrec_core.model.loading import use_weights
     from calrec_core.train.distributed import initialize
     from calrec_core.train.stages import run_stage1, run_stage2

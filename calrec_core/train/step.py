@@ -322,6 +322,8 @@ def compiled_bytes(compiled) -> int | None:
     try:
         stats = compiled.memory_analysis()
     except (NotImplementedError, RuntimeError):
+        # Deliberate: some backends cannot analyse a compiled program; the memory check is
+        # then skipped (it is a guard, not a requirement), as where the device reports no limit.
         return None
     if stats is None:
         return None
@@ -337,12 +339,6 @@ def device_memory_budget(config: TrainConfig) -> int | None:
     return stats.get("bytes_limit")
 
 
-def _param_count(model: Gemma3Config) -> int:
-    d, f, h = model.embed_dim, model.mlp_dim, model.head_dim
-    attention = d * h * (2 * model.num_heads + 2 * model.num_kv_heads) + 2 * h
-    return model.vocab_size * d + model.num_layers * (attention + 3 * d * f + 4 * d) + d
-
-
 def estimate_step_bytes(config: TrainConfig, model: Gemma3Config, microbatches: int,
                         batch_devices: int, remat: bool, tokens_per_user: float) -> float:
     """Analytic peak bytes per device of one step (upper-bound flavoured, ~20 % slack).
@@ -353,7 +349,7 @@ def estimate_step_bytes(config: TrainConfig, model: Gemma3Config, microbatches: 
     remat, plus one layer's worth), one chunk of float32 logits (three copies: logits,
     softmax, cotangent) and the one-hot pooling weights.
     """
-    params = _param_count(model)
+    params = model.num_params
     fixed = params * (4 * 4 + (2 if config.compute_dtype == "bfloat16" else 4)) / config.fsdp
     itemsize = 2 if config.compute_dtype == "bfloat16" else 4
     users = config.batch_size / microbatches / batch_devices
