@@ -19,6 +19,9 @@ DEV_DATAFLOW = [
     "google-auth-httplib2>=0.1.0,<0.3.0",
 ]
 
+# calrec_core.storage: local and gs:// paths through etils.epath, gs:// through gcsfs.
+STORAGE = ["etils[epath]>=1.7", "gcsfs>=2024.6"]
+
 # Each extra is what one pipeline step (one container image) needs.
 EXTRAS = {
     "data": [
@@ -74,8 +77,15 @@ EXTRAS = {
         # kfp.local imports the Docker SDK (our docker/ folder must not stand in for it).
         "docker>=7",
     ],
+    # The training launcher on the CPU image: creates and follows Vertex AI custom jobs
+    # (components.custom_job) through the SDK's low-level client.
+    "launch": [
+        "google-cloud-aiplatform>=1.90",
+    ],
     "test": [
         "pytest>=8",
+        # A local Cloud Storage server for the gs:// tests (tests/test_storage.py).
+        "gcp-storage-emulator>=2024.8",
         "pytest-xdist>=3.6",
         "ruff>=0.6",
         "transformers>=5",
@@ -97,7 +107,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["calrec_core*", "components*", "pipelines*"]),
     package_data={"calrec_core": ["py.typed"]},
-    install_requires=["numpy>=1.26", "pyyaml>=6", "tqdm>=4.66"],
+    install_requires=["numpy>=1.26", "pyyaml>=6", "tqdm>=4.66", *STORAGE],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["calrec=calrec_core.cli:main"]},
 )

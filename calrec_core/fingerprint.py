@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
+import os
 from collections.abc import Iterable
+
+from calrec_core import storage
 
 _CHUNK = 1 << 20
 
@@ -20,9 +22,9 @@ def _hasher():
 
 
 def file_digest(path) -> str:
-    """Hex digest of one file's bytes."""
+    """Hex digest of one file's bytes (local or gs://)."""
     digest = _hasher()
-    with open(path, "rb") as stream:
+    with storage.open_read(path) as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -31,17 +33,16 @@ def file_digest(path) -> str:
 def files_digest(paths: Iterable, root=None) -> str:
     """Digest of several files: their names (relative to ``root``) and contents, in name order."""
     entries = []
-    for path in paths:
-        path = pathlib.Path(path)
-        name = path.relative_to(root).as_posix() if root is not None else path.name
-        entries.append((name, file_digest(path)))
+    for path in map(storage.path, paths):
+        name = (os.path.relpath(os.fspath(path), os.fspath(storage.path(root)))
+                if root is not None else path.name)
+        entries.append((name.replace(os.sep, "/"), file_digest(path)))
     return json_digest(sorted(entries))
 
 
 def tree_digest(directory) -> str:
     """Digest of every file under ``directory`` (names relative to it)."""
-    directory = pathlib.Path(directory)
-    return files_digest(sorted(p for p in directory.rglob("*") if p.is_file()), root=directory)
+    return files_digest(storage.files_under(directory), root=directory)
 
 
 def json_digest(value) -> str:

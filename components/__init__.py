@@ -25,7 +25,11 @@ from components.images import (
 )
 from components.ingest import ingest
 from components.report import report
-from components.train import train
+from components.train import train, train_custom_job
+
+# Where training runs: inside the task's container (one host), or as a Vertex AI custom job
+# the task launches and waits for (several hosts; components.custom_job).
+TRAINING_MODES = ("container", "custom_job")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,15 +39,22 @@ class Components:
     configure: object  # experiment parameter -> validated view of it per step
     raw_data_version: object  # raw-data URI -> content version (never cached)
     ingest: object  # imported raw data -> Dataset (Beam; Dataflow when beam_args say so)
-    train: object  # Dataset (+ Stage I Model) -> Stage I Model or one category's Model
+    # Dataset (+ Stage I Model) -> Stage I Model or one category's Model (in the container,
+    # or launched as a custom job: then with the launcher's inputs and gcp_resources output)
+    train: object
     evaluate: object  # Dataset + Model -> one category's evaluation folder and Metrics
     report: object  # collected evaluation folders -> Table 2-style Markdown and HTML
 
 
-def make_components(images: ImageSet | None = None, accelerator: str = "cpu") -> Components:
-    """Components on ``images``; training and evaluation use the ``accelerator`` image."""
+def make_components(images: ImageSet | None = None, accelerator: str = "cpu",
+                    training: str = "container") -> Components:
+    """Components on ``images``; training and evaluation use the ``accelerator`` image, except
+    that ``training="custom_job"`` launches training from the CPU image (the job's workers
+    run the ``accelerator`` image)."""
     from kfp import dsl
 
+    if training not in TRAINING_MODES:
+        raise ValueError(f"unknown training {training!r}; choose one of {list(TRAINING_MODES)}")
     images = images or ImageSet()
     heavy_image = images.for_accelerator(accelerator)
 
@@ -54,7 +65,8 @@ def make_components(images: ImageSet | None = None, accelerator: str = "cpu") ->
         configure=on(images.cpu, configure),
         raw_data_version=on(images.ingest, raw_data_version),
         ingest=on(images.ingest, ingest),
-        train=on(heavy_image, train),
+        train=(on(heavy_image, train) if training == "container"
+               else on(images.cpu, train_custom_job)),
         evaluate=on(heavy_image, evaluate),
         report=on(images.cpu, report),
     )
@@ -69,6 +81,7 @@ __all__ = [
     "IMAGE_COMPONENTS",
     "IMAGE_EXTRAS",
     "IMAGE_JAX_EXTRA",
+    "TRAINING_MODES",
     "Components",
     "ImageSet",
     "configure",
@@ -78,4 +91,5 @@ __all__ = [
     "raw_data_version",
     "report",
     "train",
+    "train_custom_job",
 ]

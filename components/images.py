@@ -20,7 +20,8 @@ PLACEHOLDER_PROJECT = "/PROJECT/"
 # Image name -> setup.py extras it installs.
 IMAGE_EXTRAS = {
     "calrec-ingest": ("data", "components"),
-    "calrec": ("train", "eval", "components"),
+    # "launch": the training launcher of custom-job training (components.custom_job).
+    "calrec": ("train", "eval", "components", "launch"),
     "calrec-cuda": ("train", "eval", "components"),
     "calrec-tpu": ("train", "eval", "components"),
 }

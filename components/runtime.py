@@ -122,6 +122,29 @@ def work_dir(checkpoint_root: str, pipeline_root: str, run_id: str, task: str,
     return local_path(f"{root.rstrip('/')}/{run_id}/{task}")
 
 
+# What Vertex AI Pipelines replaces with the run's own project and region in task inputs.
+PROJECT_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
+LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
+
+
+def resolved_project_location(project: str, location: str) -> tuple[str, str]:
+    """The project and region to start jobs in: the given ones, else (placeholders a backend
+    left unresolved) the credentials' project and ``CLOUD_ML_REGION``."""
+    import os
+
+    if not project or _PLACEHOLDER_START in project:
+        import google.auth
+
+        project = google.auth.default()[1] or ""
+    if not location or _PLACEHOLDER_START in location:
+        location = os.environ.get("CLOUD_ML_REGION", "")
+    if not project or not location:
+        raise ValueError(f"no Google Cloud project or region to start the job in (project "
+                         f"{project!r}, region {location!r}): run on Vertex AI Pipelines, or "
+                         "set GOOGLE_CLOUD_PROJECT and CLOUD_ML_REGION")
+    return project, location
+
+
 def compilation_cache_dir(jax_cache_dir: str, checkpoint_root: str, pipeline_root: str) -> str:
     """Where JAX keeps compiled programs, shared by every run: ``jax_cache_dir``; "" means
     ``<checkpoint root>/jax-cache``; "off" disables the cache (returns "")."""

@@ -20,7 +20,7 @@ COPY setup.py pyproject.toml README.md ./
 COPY calrec_core calrec_core
 COPY components components
 COPY pipelines pipelines
-# The package alone: its dependencies (train, eval, components) are all in the lock.
+# The package alone: its dependencies (train, eval, components, launch) are all in the lock.
 RUN pip install --no-deps --no-build-isolation . && pip check
 
 USER 1000:1000

@@ -105,7 +105,8 @@ def _build_options(args: argparse.Namespace):
     images = ImageSet.tagged(args.registry, args.tag) if args.registry else ImageSet()
     categories = tuple(args.categories) if args.categories else None
     return BuildOptions(experiment=experiment, categories=categories,
-                        accelerator=args.accelerator, images=images, retries=args.retries)
+                        accelerator=args.accelerator, images=images, retries=args.retries,
+                        training=args.training)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -308,6 +309,11 @@ def register(subparsers) -> None:
     compile_.add_argument("--output", required=True, help="pipeline spec path (.yaml)")
     compile_.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "tpu"),
                           help="devices (and image) of the training and evaluation steps")
+    compile_.add_argument("--training", default="container", choices=("container", "custom_job"),
+                          help="container: each training step trains in its own task (one "
+                               "host); custom_job: it launches a Vertex AI custom job on the "
+                               "training_* parameters' machines (several hosts, a TPU slice) "
+                               "and waits")
     compile_.add_argument("--registry", default=None,
                           help="image registry, e.g. us-docker.pkg.dev/PROJECT/calrec "
                                "(default: the CALREC_*_IMAGE environment variables)")

@@ -12,14 +12,17 @@ trains the experiment's ``calrec`` variant (the ablations are ``calrec experimen
 
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from kfp.dsl import HTML, Markdown
 
 from calrec_core.experiment import ExperimentConfig
 from calrec_core.experiment.steps import as_parameter
-from components import ImageSet, make_components
+from components import TRAINING_MODES, ImageSet, make_components
+from components.runtime import LOCATION_PLACEHOLDER, PROJECT_PLACEHOLDER
 
 PIPELINE_NAME = "calrec"
 # Default accelerator per accelerator family, for Vertex AI's machine spec.
@@ -30,6 +33,13 @@ DEFAULT_ACCELERATOR_TYPE = {"cpu": "", "gpu": "NVIDIA_L4", "tpu": "TPU_V5_LITEPO
 DEFAULT_HEAVY_RESOURCES = {"cpu": ("8", "32G"), "gpu": ("8", "32G"), "tpu": ("24", "48G")}
 # The same for the raw-data version and ingest steps (DirectRunner works in the container).
 DEFAULT_INGEST_RESOURCES = ("4", "16G")
+# Custom-job training: the launcher task's CPU and memory (it waits, then copies the export).
+LAUNCHER_RESOURCES = ("2", "8G")
+# Custom-job training: the workers' default machine type, accelerator type and count per
+# accelerator family (one host each; raise training_replica_count or training_tpu_topology).
+DEFAULT_TRAINING_MACHINE = {"cpu": ("n2-standard-8", "", 0),
+                            "gpu": ("g2-standard-8", "NVIDIA_L4", 1),
+                            "tpu": ("ct5lp-hightpu-4t", "", 0)}
 # Retry back-off of training and evaluation: 60 s, then doubling, retried within 2 h.
 RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0,
                  "backoff_max_duration": "7200s"}
@@ -72,6 +82,44 @@ def _check_categories(categories: Sequence[str], experiment: ExperimentConfig) -
     return categories
 
 
+def _training_parameters(accelerator: str) -> list[inspect.Parameter]:
+    """The run-time parameters of custom-job training (the workers' machines)."""
+    machine_type, accelerator_type, accelerator_count = DEFAULT_TRAINING_MACHINE[accelerator]
+    defaults = {
+        # Vertex AI machine type of every host, e.g. ct5lp-hightpu-4t, g2-standard-8.
+        "training_machine_type": (str, machine_type),
+        # Hosts of a GPU or CPU job (worker pool 0 + pool 1); 1 on TPU (see the topology).
+        "training_replica_count": (int, 1),
+        # GPUs per host: type and count ("" and 0 on TPU machine types, which carry chips).
+        "training_accelerator_type": (str, accelerator_type),
+        "training_accelerator_count": (int, accelerator_count),
+        # Multi-host TPU slice, e.g. "4x4" (ct5lp-hightpu-4t: 4 hosts); "" = one host.
+        "training_tpu_topology": (str, ""),
+        # Identity of the workers ("" = Vertex AI's default); it must reach the buckets.
+        "training_service_account": (str, ""),
+        # VPC peered with Vertex AI, projects/NUMBER/global/networks/NAME ("" = none).
+        "training_network": (str, ""),
+    }
+    return [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                              annotation=kind) for name, (kind, default) in defaults.items()]
+
+
+def _with_parameters(function: Callable, extra: Sequence[inspect.Parameter]) -> Callable:
+    """``function`` (whose ``**kwargs`` take ``extra``) with ``extra`` as named parameters:
+    KFP reads a pipeline's parameters from its signature and passes them by position."""
+    signature = inspect.signature(function)
+    fixed = [parameter for parameter in signature.parameters.values()
+             if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    names = [parameter.name for parameter in [*fixed, *extra]]
+
+    @functools.wraps(function)
+    def pipeline(*args, **kwargs):
+        return function(**dict(zip(names, args, strict=False)), **kwargs)
+
+    pipeline.__signature__ = signature.replace(parameters=[*fixed, *extra])
+    return pipeline
+
+
 def build_pipeline(
     experiment: ExperimentConfig,
     *,
@@ -80,6 +128,7 @@ def build_pipeline(
     accelerator: str = "cpu",
     name: str = PIPELINE_NAME,
     retries: int = 2,
+    training: str = "container",
 ):
     """A ``@dsl.pipeline`` function whose ``experiment`` parameter defaults to ``experiment``.
 
@@ -88,7 +137,9 @@ def build_pipeline(
     the image of the training and evaluation steps, and on gpu/tpu the
     ``accelerator_type``/``accelerator_count`` parameters request the devices on Vertex AI;
     ``retries`` is how often a failed training or evaluation attempt is retried (with
-    back-off; training resumes from its run-scoped checkpoints).
+    back-off; training resumes from its run-scoped checkpoints). ``training="custom_job"``
+    runs each training step as a Vertex AI custom job on the ``training_*`` parameters'
+    machines (several hosts), launched from a small CPU task.
     """
     from kfp import dsl
 
@@ -96,8 +147,11 @@ def build_pipeline(
         experiment.eval_categories if categories is None else categories, experiment)
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
+    if training not in TRAINING_MODES:
+        raise ValueError(f"unknown training {training!r}; choose one of {list(TRAINING_MODES)}")
     images = images or ImageSet()
-    steps = make_components(images, accelerator)
+    steps = make_components(images, accelerator, training)
+    on_custom_job = training == "custom_job"
     default_experiment = as_parameter(experiment)
     on_accelerator = accelerator != "cpu"
     heavy_cpu, heavy_memory = DEFAULT_HEAVY_RESOURCES[accelerator]
@@ -115,7 +169,15 @@ def build_pipeline(
             task.set_retry(num_retries=retries, **RETRY_BACKOFF)
         return task
 
-    @dsl.pipeline(name=name, description="CALRec: ingest, two-stage fine-tuning, evaluation.")
+    def launcher(task, **placement):
+        """Custom-job training: the task only launches and waits, on the CPU image."""
+        resources(task, *LAUNCHER_RESOURCES)
+        if retries:
+            task.set_retry(num_retries=retries, **RETRY_BACKOFF)
+        return task
+
+    train_placement = launcher if on_custom_job else heavy
+
     def calrec_pipeline(
         raw_data_uri: str,
         # "" = a hash of the raw files' manifest, computed at run time (components.raw_manifest).
@@ -143,6 +205,7 @@ def build_pipeline(
         ingest_memory_limit: str = DEFAULT_INGEST_RESOURCES[1],
         accelerator_type: str = DEFAULT_ACCELERATOR_TYPE[accelerator],
         accelerator_count: int = 1 if on_accelerator else 0,
+        **custom_job_parameters,  # training="custom_job": _training_parameters
     ) -> PipelineOutputs:
         placement = dict(cpu=cpu_limit, memory=memory_limit, accelerator_type=accelerator_type,
                          accelerator_count=accelerator_count)
@@ -174,15 +237,22 @@ def build_pipeline(
         machine = [cpu_limit, memory_limit, accelerator_type, accelerator_count]
         training = dict(dataset=dataset, experiment=views.outputs["train"],
                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, machine=machine, **state)
-        stage1 = heavy(steps.train(stage=1, **training),
-                       **placement).set_display_name("train-stage1")
+        if on_custom_job:
+            parameters = {key.removeprefix("training_"): value
+                          for key, value in custom_job_parameters.items()}
+            training.update(
+                machine=[*LAUNCHER_RESOURCES, "", 0],
+                custom_job=dict(parameters, worker_image=images.for_accelerator(accelerator)),
+                project=PROJECT_PLACEHOLDER, location=LOCATION_PLACEHOLDER)
+        stage1 = train_placement(steps.train(stage=1, **training),
+                                 **placement).set_display_name("train-stage1")
         with dsl.ParallelFor(list(categories), name="categories") as category:
             # Each iteration reads its views from the experiment parameter itself: KFP's local
             # runner (2.17) replaces a task output that enters a loop with the loop item.
             category_views = steps.configure(
                 experiment=experiment, eval_categories=list(categories),
             ).set_display_name("configure-category")
-            stage2 = heavy(steps.train(
+            stage2 = train_placement(steps.train(
                 stage=2, category=category, init_model=stage1.outputs["model"],
                 **{**training, "experiment": category_views.outputs["train"]},
             ), **placement).set_display_name("train-stage2")
@@ -198,6 +268,10 @@ def build_pipeline(
         ).set_display_name("report")
         return PipelineOutputs(report.outputs["report"], report.outputs["report_html"])
 
+    extra = _training_parameters(accelerator) if on_custom_job else []
+    calrec_pipeline = dsl.pipeline(
+        name=name, description="CALRec: ingest, two-stage fine-tuning, evaluation.",
+    )(_with_parameters(calrec_pipeline, extra))
     calrec_pipeline.categories = tuple(categories)
     return calrec_pipeline
 
@@ -212,7 +286,11 @@ class BuildOptions:
     accelerator: str = "cpu"  # cpu, gpu or tpu: image and devices of the heavy steps.
     images: ImageSet = dataclasses.field(default_factory=ImageSet)  # Images to run on.
     retries: int = 2  # Retries (with back-off) of each training and evaluation task.
+    # "container": train inside the task (one host); "custom_job": each training task
+    # launches a Vertex AI custom job on the training_* parameters' machines and waits.
+    training: str = "container"
 
     def build(self):
         return build_pipeline(self.experiment, categories=self.categories, images=self.images,
-                              accelerator=self.accelerator, retries=self.retries)
+                              accelerator=self.accelerator, retries=self.retries,
+                              training=self.training)

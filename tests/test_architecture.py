@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and the ones before it.
 LAYERS = (
     ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.item_text", "calrec_core.lazy",
-     "calrec_core.overrides", "calrec_core.template"),
+     "calrec_core.overrides", "calrec_core.storage", "calrec_core.template"),
     ("calrec_core.data",),
     ("calrec_core.model",),
     ("calrec_core.eval",),
@@ -47,7 +47,12 @@ def _modules():
 def _imports(path: pathlib.Path):
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module
+            # ``from package import module`` imports the module, not the package's __init__.
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                parts = REPO.joinpath(*submodule.split("."))
+                is_module = parts.with_suffix(".py").is_file() or (parts / "__init__.py").is_file()
+                yield submodule if is_module else node.module
         elif isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
 
@@ -76,7 +81,7 @@ def test_the_checker_sees_a_lazy_upward_import(tmp_path):
     fake = tmp_path / "evaluate.py"
     fake.write_text("import numpy\n\ndef f():\n    from calrec_core.train import stages\n")
     assert _upward_edges([("calrec_core.eval.evaluate", fake)]) == [
-        "calrec_core.eval.evaluate -> calrec_core.train"]
+        "calrec_core.eval.evaluate -> calrec_core.train.stages"]
     assert _upward_edges([("calrec_core.experiment.run", fake)]) == []
 
 

@@ -8,10 +8,10 @@ that an unfinished or failed ingest marked ``INCOMPLETE``.
 from __future__ import annotations
 
 import json
-import pathlib
 
 from calrec_core.data.records import SHARD_PATTERN, SPLITS, decode_tf_example, iter_records
 from calrec_core.errors import CalrecError
+from calrec_core.storage import Path, open_read, path
 
 STATS_FILE = "stats.json"
 MIXTURE_FILE = "mixture.json"
@@ -22,39 +22,39 @@ INCOMPLETE_FILE = "INCOMPLETE"  # present while an ingest runs and after one tha
 
 def check_complete(data_dir) -> None:
     """Raises when ``data_dir`` holds the output of an ingest that did not finish."""
-    marker = pathlib.Path(data_dir) / INCOMPLETE_FILE
+    marker = path(data_dir) / INCOMPLETE_FILE
     if marker.is_file():
-        reason = marker.read_text(encoding="utf-8", errors="replace").strip()
+        reason = marker.read_bytes().decode("utf-8", errors="replace").strip()
         raise CalrecError(f"{data_dir} holds an incomplete ingest ({reason}); "
                           "rerun calrec ingest into it")
 
 
-def shard_paths(data_dir, category: str, split: str) -> list[pathlib.Path]:
+def shard_paths(data_dir, category: str, split: str) -> list[Path]:
     """The complete, ordered shard list of one split; raises when shards are missing."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     check_complete(data_dir)
-    folder = pathlib.Path(data_dir) / category
+    folder = path(data_dir) / category
     if not folder.is_dir():
         raise FileNotFoundError(f"no ingested category folder {folder}")
     shards = {}
-    for path in folder.glob(f"{split}-*.tfrecord"):
-        match = SHARD_PATTERN.match(path.name)
+    for shard in folder.glob(f"{split}-*.tfrecord"):
+        match = SHARD_PATTERN.match(shard.name)
         if match and match["split"] == split:
-            shards[path.name] = (int(match["index"]), int(match["count"]), path)
+            shards[shard.name] = (int(match["index"]), int(match["count"]), shard)
     if not shards:
         raise FileNotFoundError(f"no {split} shards in {folder}")
     counts = {count for _, count, _ in shards.values()}
     indices = sorted(index for index, _, _ in shards.values())
     if len(counts) != 1 or indices != list(range(counts.pop())):
         raise ValueError(f"incomplete or mixed {split} shard set in {folder}: {sorted(shards)}")
-    return [path for _, _, path in sorted(shards.values())]
+    return [shard for _, _, shard in sorted(shards.values(), key=lambda entry: entry[:2])]
 
 
 def iter_split(data_dir, category: str, split: str):
     """Yields decoded examples shard by shard (file order, not sorted)."""
-    for path in shard_paths(data_dir, category, split):
-        with open(path, "rb") as stream:
+    for shard in shard_paths(data_dir, category, split):
+        with open_read(shard) as stream:
             for record in iter_records(stream):
                 yield decode_tf_example(record)
 
@@ -65,7 +65,7 @@ def read_examples(data_dir, category: str, split: str) -> list[dict]:
 
 
 def has_split(data_dir, category: str, split: str) -> bool:
-    return any((pathlib.Path(data_dir) / category).glob(f"{split}-*-of-*.tfrecord"))
+    return any((path(data_dir) / category).glob(f"{split}-*-of-*.tfrecord"))
 
 
 def load_corpus(data_dir, category: str):
@@ -73,30 +73,31 @@ def load_corpus(data_dir, category: str):
     import pandas as pd
 
     check_complete(data_dir)
-    path = pathlib.Path(data_dir) / category / CORPUS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no corpus at {path}")
-    return pd.read_parquet(path).reset_index(drop=True)
+    corpus = path(data_dir) / category / CORPUS_FILE
+    if not corpus.is_file():
+        raise FileNotFoundError(f"no corpus at {corpus}")
+    with open_read(corpus) as stream:
+        return pd.read_parquet(stream).reset_index(drop=True)
 
 
-def _load_json(path: pathlib.Path) -> dict:
-    check_complete(path.parent)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run `calrec ingest` first")
+def _load_json(file: Path) -> dict:
+    check_complete(file.parent)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found; run `calrec ingest` first")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CalrecError(f"{path} is corrupt ({error}); rerun calrec ingest") from None
+        raise CalrecError(f"{file} is corrupt ({error}); rerun calrec ingest") from None
     if not isinstance(document, dict):
-        raise CalrecError(f"{path} is corrupt (not a JSON object); rerun calrec ingest")
+        raise CalrecError(f"{file} is corrupt (not a JSON object); rerun calrec ingest")
     return document
 
 
 def load_mixture(data_dir) -> dict:
     """``{"exponent": 0.3, "weights": {cat: w}, "users": {cat: n}}`` for Stage I sampling."""
-    return _load_json(pathlib.Path(data_dir) / MIXTURE_FILE)
+    return _load_json(path(data_dir) / MIXTURE_FILE)
 
 
 def load_stats(data_dir) -> dict:
     """The ingestion statistics (see ``calrec_core.data.stats``)."""
-    return _load_json(pathlib.Path(data_dir) / STATS_FILE)
+    return _load_json(path(data_dir) / STATS_FILE)

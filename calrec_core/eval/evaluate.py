@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Sequence
 
+from calrec_core import storage
 from calrec_core.errors import StaleOutputError
 from calrec_core.eval.catalog import Catalog, load_catalog
 from calrec_core.eval.config import EvalConfig
@@ -135,7 +135,7 @@ def load_model(model_source: str):
         from calrec_core.model import load_pretrained
 
         return load_pretrained()
-    path = pathlib.Path(model_source)
+    path = storage.path(model_source)
     if not path.exists():
         raise FileNotFoundError(f"model source {model_source!r}: not 'pretrained' nor a path")
     from calrec_core.model.export import load_trained
@@ -171,7 +171,7 @@ def model_fingerprint(model_source: str | None, model_and_tokenizer) -> str:
 
         weights = default_source()
         return tree_digest(weights) if weights.is_dir() else file_digest(weights)
-    path = pathlib.Path(model_source)
+    path = storage.path(model_source)
     if not path.exists():
         raise FileNotFoundError(f"model source {model_source!r}: not 'pretrained' nor a path")
     from calrec_core.model.export import model_fingerprint as export_fingerprint
@@ -186,20 +186,13 @@ def input_fingerprints(data_dir, category: str, split: str, model: str | None) -
 
     return {
         "split": files_digest(shard_paths(data_dir, category, split)),
-        "corpus": file_digest(pathlib.Path(data_dir) / category / CORPUS_FILE),
+        "corpus": file_digest(storage.path(data_dir) / category / CORPUS_FILE),
         "model": model,
     }
 
 
-def _write_atomic(path: pathlib.Path, write) -> None:
-    """``write(temporary path)``, then a rename: a crash never leaves a half-written file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    temporary.replace(path)
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    _write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+def _write_text(path: storage.Path, text: str) -> None:
+    storage.write_atomic(path, text)  # a crash never leaves a half-written file
 
 
 def _differences(previous: dict, manifest: dict) -> list[str]:
@@ -213,7 +206,7 @@ def _differences(previous: dict, manifest: dict) -> list[str]:
     return changed
 
 
-def _check_manifest(output_dir: pathlib.Path, manifest: dict) -> None:
+def _check_manifest(output_dir: storage.Path, manifest: dict) -> None:
     """Refuses to resume shards written under other settings or from other inputs; a folder
     without shards takes the new manifest (and loses any stale results)."""
     path = output_dir / MANIFEST_FILE
@@ -238,10 +231,21 @@ def _check_manifest(output_dir: pathlib.Path, manifest: dict) -> None:
     _write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def _write_parquet(rows: list[dict], path: pathlib.Path) -> None:
+def _write_parquet(rows: list[dict], path: storage.Path) -> None:
+    import io
+
     import pandas as pd
 
-    _write_atomic(path, lambda temporary: pd.DataFrame(rows).to_parquet(temporary, index=False))
+    buffer = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buffer, index=False)
+    storage.write_atomic(path, buffer.getvalue())
+
+
+def _read_parquet(path: storage.Path):
+    import pandas as pd
+
+    with storage.open_read(path) as stream:
+        return pd.read_parquet(stream)
 
 
 def preset_name(config: EvalConfig) -> str:
@@ -275,7 +279,6 @@ def run_evaluation(
     loaded (model, tokenizer) for the generative methods. ``preset`` names the settings in
     the report (default: inferred from ``config``); ``model_label`` names the model there
     (default: 'pretrained' or the checkpoint folder's name)."""
-    import pandas as pd
 
     from calrec_core.data import read_examples
     from calrec_core.eval.generation import ItemGenerator
@@ -284,7 +287,7 @@ def run_evaluation(
     config = (config or EvalConfig.demo()).with_training_budget(
         training_prompt_budget(model_source))
     methods = check_methods(methods)
-    output_dir = pathlib.Path(output_dir)
+    output_dir = storage.path(output_dir)
     shard_dir = output_dir / SHARDS_DIR
     needs_model = any(m in MODEL_METHODS for m in methods)
     if needs_model and model_source is None and model_and_tokenizer is None:
@@ -324,7 +327,7 @@ def run_evaluation(
                     _write_parquet(fresh[method], paths[method])
                     rows[method].extend(fresh[method])
                 else:
-                    rows[method].extend(pd.read_parquet(paths[method]).to_dict("records"))
+                    rows[method].extend(_read_parquet(paths[method]).to_dict("records"))
             bar.update(len(shard_examples))
     result = {
         "category": category,
@@ -338,8 +341,7 @@ def run_evaluation(
         "methods": {m: summarize(rows[m]) for m in methods},
     }
     all_rows = [row for m in methods for row in rows[m]]
-    _write_atomic(output_dir / "predictions.parquet",
-                  lambda temporary: pd.DataFrame(all_rows).to_parquet(temporary, index=False))
+    _write_parquet(all_rows, output_dir / "predictions.parquet")
     _write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
     write_run_report(result, output_dir)
     return result
@@ -348,4 +350,4 @@ def run_evaluation(
 def _model_label(model_source: str | None, model_and_tokenizer) -> str:
     if model_source is None:
         return "in-memory model"
-    return "pretrained" if model_source == "pretrained" else pathlib.Path(model_source).name
+    return "pretrained" if model_source == "pretrained" else storage.path(model_source).name

@@ -12,9 +12,9 @@ output gives opt Recall@K = 1, pes = 0), so such a method's opt score and p-valu
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Sequence
 
+from calrec_core import storage
 from calrec_core.eval.metrics import HISTORY_IN_TOP, METRIC_NAMES, NO_HISTORY, paired_t_test
 
 _COUNT_KEYS = (
@@ -68,7 +68,7 @@ def _opt_pes(metrics: dict, name: str) -> str:
     return f"{metrics[f'{name}_opt']:.4f} / {metrics[f'{name}_pes']:.4f}"
 
 
-def _bar_plot(series: dict[str, dict], title: str, path: pathlib.Path) -> None:
+def _bar_plot(series: dict[str, dict], title: str, path: storage.Path) -> None:
     """Grouped bars: per metric, one opt bar and one (hatched) pes bar per method."""
     import matplotlib
 
@@ -91,7 +91,8 @@ def _bar_plot(series: dict[str, dict], title: str, path: pathlib.Path) -> None:
     axes.set_title(title)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with path.open("wb") as stream:
+        figure.savefig(stream, format="png", dpi=120)
     plt.close(figure)
 
 
@@ -110,9 +111,9 @@ def _metric_table(series: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_run_report(result: dict, output_dir) -> pathlib.Path:
-    """report.md and metrics.png for one run_evaluation output."""
-    output_dir = pathlib.Path(output_dir)
+def write_run_report(result: dict, output_dir) -> storage.Path:
+    """report.md and metrics.png for one run_evaluation output (local or gs://)."""
+    output_dir = storage.path(output_dir)
     series = {method_label(m, result["model"]): v for m, v in result["methods"].items()}
     lines = [
         f"# Evaluation: {result['category']} ({result['split']} split)",
@@ -141,9 +142,7 @@ def write_run_report(result: dict, output_dir) -> pathlib.Path:
     lines += ["", "![metrics](metrics.png)", ""]
     _bar_plot(series, f"{result['category']} ({result['split']})", output_dir / "metrics.png")
     path = output_dir / "report.md"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("\n".join(lines), encoding="utf-8")
-    temporary.replace(path)
+    storage.write_atomic(path, "\n".join(lines))
     return path
 
 
@@ -163,28 +162,30 @@ def _hierarchical_lines(methods: dict) -> list[str]:
             "| " + " | ".join(cells) + " |"]
 
 
-def _per_user(metrics_path: pathlib.Path, method: str):
+def _per_user(metrics_path: storage.Path, method: str):
     """user_id -> row of the run's predictions.parquet for one method (None if absent)."""
     predictions = metrics_path.parent / "predictions.parquet"
     if not predictions.is_file():
         return None
     import pandas as pd
 
-    frame = pd.read_parquet(predictions)
+    with storage.open_read(predictions) as stream:
+        frame = pd.read_parquet(stream)
     return frame[frame["method"] == method].set_index("user_id")
 
 
-def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path]:
-    """Table 2-style report (report.md, report.html, report.png) across runs and categories."""
+def write_report(metrics_paths: Sequence, output_path) -> dict[str, storage.Path]:
+    """Table 2-style report (report.md, report.html, report.png) across runs and categories;
+    inputs and output local or gs://."""
     if not metrics_paths:
         raise ValueError("write_report needs at least one metrics.json")
-    output_dir = pathlib.Path(output_path)
+    output_dir = storage.path(output_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     by_category: dict[str, dict[str, dict]] = {}
-    sources: dict[tuple[str, str], tuple[pathlib.Path, str]] = {}
+    sources: dict[tuple[str, str], tuple[storage.Path, str]] = {}
     settings: dict[str, list[str]] = {}
     for raw_path in metrics_paths:
-        path = pathlib.Path(raw_path)
+        path = storage.path(raw_path)
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -221,8 +222,8 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, pathlib.Path
     html.append("<img src='report.png'></body></html>")
     paths = {"markdown": output_dir / "report.md", "html": output_dir / "report.html",
              "plot": output_dir / "report.png"}
-    paths["markdown"].write_text("\n".join(md), encoding="utf-8")
-    paths["html"].write_text("\n".join(html), encoding="utf-8")
+    storage.write_atomic(paths["markdown"], "\n".join(md))
+    storage.write_atomic(paths["html"], "\n".join(html))
     return paths
 
 

@@ -11,6 +11,7 @@ import json
 import pathlib
 from typing import Any
 
+from calrec_core import storage
 from calrec_core.eval.metrics import METRIC_NAMES, paired_t_test
 from calrec_core.experiment.config import ExperimentConfig
 from calrec_core.experiment.plan import Plan
@@ -32,8 +33,8 @@ def _metric_pairs(metrics: dict) -> list[str]:
 def _per_user(folder: str, column: str) -> dict[str, float]:
     import pandas as pd
 
-    frame = pd.read_parquet(pathlib.Path(folder) / "predictions.parquet",
-                            columns=["user_id", column])
+    with storage.open_read(storage.path(folder) / "predictions.parquet") as stream:
+        frame = pd.read_parquet(stream, columns=["user_id", column])
     return dict(zip(frame["user_id"], frame[column].astype(float), strict=True))
 
 
@@ -41,7 +42,7 @@ def category_results(config: ExperimentConfig, folders: dict[str, str]) -> dict[
     """Per method: mean metrics and counts; per non-calrec method: the paired t-test."""
     methods: dict[str, dict] = {}
     for method, folder in folders.items():
-        result = json.loads((pathlib.Path(folder) / "metrics.json").read_text(encoding="utf-8"))
+        result = json.loads((storage.path(folder) / "metrics.json").read_text(encoding="utf-8"))
         methods[method] = next(iter(result["methods"].values()))
     tests: dict[str, dict] = {}
     if "calrec" in folders:

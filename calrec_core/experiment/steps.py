@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from calrec_core import storage
 from calrec_core.experiment.config import BASELINES, VARIANTS, ExperimentConfig
 
 
@@ -123,7 +124,7 @@ def train_stage(config: ExperimentConfig, stage: int, data_dir, output_dir, *,
 
 def inline_png(path) -> str:
     """A PNG file as a data: URI, for pages that must stand alone (artifact viewers)."""
-    encoded = base64.b64encode(pathlib.Path(path).read_bytes()).decode("ascii")
+    encoded = base64.b64encode(storage.path(path).read_bytes()).decode("ascii")
     return f"data:image/png;base64,{encoded}"
 
 
@@ -200,7 +201,7 @@ def evaluate_methods(
                           else {"methods": ["calrec"], **_untrained_model(config)})
     evaluated = {}
     for label, arguments in runs.items():
-        folder = pathlib.Path(output_dir) / label
+        folder = storage.path(output_dir) / label
         with (phase(label) if phase else contextlib.nullcontext({})) as record:
             result = run_evaluation(data_dir, category, folder, split=split, config=eval_config,
                                     show_progress=show_progress, **arguments)
@@ -233,7 +234,7 @@ def render_report(evaluation_dirs: Sequence) -> RenderedReport:
     from calrec_core.eval.report import write_report
 
     found = []
-    for folder in map(pathlib.Path, evaluation_dirs):
+    for folder in map(storage.path, evaluation_dirs):
         for path in folder.glob("*/metrics.json"):
             category = json.loads(path.read_text(encoding="utf-8"))["category"]
             found.append((category, path.parent.name, path))
@@ -243,9 +244,9 @@ def render_report(evaluation_dirs: Sequence) -> RenderedReport:
     paths = [path for _, _, path in sorted(found, key=lambda f: (f[0], order[f[1]], str(f[2])))]
     with tempfile.TemporaryDirectory() as scratch:
         written = write_report(paths, scratch)
-        plot = pathlib.Path(written["plot"])
-        markdown = pathlib.Path(written["markdown"]).read_text(encoding="utf-8")
-        page = pathlib.Path(written["html"]).read_text(encoding="utf-8")
+        plot = written["plot"]
+        markdown = written["markdown"].read_text(encoding="utf-8")
+        page = written["html"].read_text(encoding="utf-8")
         uri = inline_png(plot)
     markdown = markdown.replace(f"![metrics]({plot.name})", "").rstrip() + "\n"
     return RenderedReport(markdown, page.replace(f"src='{plot.name}'", f"src='{uri}'"))

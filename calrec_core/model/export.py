@@ -9,6 +9,8 @@ nothing of training: the trainer passes its config in as plain data.
 computed from an export can tell when the export changed. An export is written into a
 temporary sibling folder and renamed into place: a kill at any moment leaves either the old
 complete export or the new one, never parameters that do not match their ``model.json``.
+Cloud Storage has no folder rename, so there ``model.json`` is the commit marker instead: it
+is deleted before the parameters are rewritten and written last.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from calrec_core import storage
 from calrec_core.fingerprint import arrays_digest, tree_digest
 from calrec_core.model.config import Gemma3Config
 
@@ -78,31 +79,32 @@ def load_tokenizer(directory, info: dict[str, Any]):
     spec = info["tokenizer"]
     if spec["kind"] == "byte":
         return make_tiny_tokenizer(spec["vocab_size"])
-    return Tokenizer.load(pathlib.Path(directory) / spec["path"])
+    return Tokenizer.load(storage.path(directory) / spec["path"])
 
 
-def _staging_dirs(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def _staging_dirs(directory: storage.Path) -> tuple[storage.Path, storage.Path]:
     """(the new export's temporary folder, the old export's folder while it is replaced)."""
     return (directory.with_name(f".{directory.name}.partial"),
             directory.with_name(f".{directory.name}.old"))
 
 
-def _remove(path: pathlib.Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-
-
 def export_model(directory, params, model_info: dict[str, Any],
-                 write_extra=None) -> pathlib.Path:
+                 write_extra=None) -> storage.Path:
     """Writes the parameters and ``model.json`` (with the parameters' ``fingerprint``) into a
-    temporary folder, then renames it over ``directory``. ``write_extra(folder)`` may add files
-    (the tokenizer) before the rename."""
-    directory = pathlib.Path(directory).absolute()
+    temporary folder, then renames it over ``directory`` (on gs://: in place, ``model.json``
+    last). ``write_extra(folder)`` may add files (the tokenizer) before ``model.json``."""
+    directory = storage.path(directory)
+    remote = storage.is_remote(directory)
     partial, old = _staging_dirs(directory)
+    if remote:
+        partial = directory
     info = {**model_info, "fingerprint": arrays_digest(params)}
     if jax.process_index() == 0:
-        _remove(partial)
-        partial.mkdir(parents=True)
+        if remote:
+            (directory / MODEL_FILE).unlink(missing_ok=True)  # the old export is void from now
+        else:
+            storage.remove_tree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
     if jax.process_count() > 1:  # every host writes its shards: none before the folder exists
         from jax.experimental import multihost_utils
 
@@ -113,27 +115,27 @@ def export_model(directory, params, model_info: dict[str, Any],
     if jax.process_index() == 0:
         if write_extra is not None:
             write_extra(partial)
-        (partial / MODEL_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
-        _remove(old)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(partial, directory)
-        _remove(old)
+        storage.write_atomic(partial / MODEL_FILE, json.dumps(info, indent=2, sort_keys=True))
+        if not remote:
+            storage.remove_tree(old)
+            if directory.exists():
+                os.replace(directory, old)
+            os.replace(partial, directory)
+            storage.remove_tree(old)
     return directory
 
 
 def export_trained(directory, params, model, tokenizer, model_name: str,
-                   extra: dict[str, Any]) -> pathlib.Path:
+                   extra: dict[str, Any]) -> storage.Path:
     """Exports parameters, architecture and tokenizer so ``load_trained`` can rebuild them.
     ``extra`` (plain JSON: the training config, stage, step...) is recorded in ``model.json``."""
-    directory = pathlib.Path(directory)
     info = {
         "model": model_name,
         "architecture": architecture_of(model),
         "tokenizer": tokenizer_info(tokenizer),
         **extra,
     }
-    def save_tokenizer(folder: pathlib.Path) -> None:
+    def save_tokenizer(folder: storage.Path) -> None:
         if info["tokenizer"]["kind"] == "saved":
             tokenizer.save(folder / TOKENIZER_DIR)
 
@@ -141,11 +143,12 @@ def export_trained(directory, params, model, tokenizer, model_name: str,
 
 
 def read_model_info(directory) -> dict[str, Any]:
-    directory = pathlib.Path(directory)
+    directory = storage.path(directory)
     path = directory / MODEL_FILE
     if not path.is_file():
-        _, old = _staging_dirs(directory.absolute())
-        if (old / MODEL_FILE).is_file():  # killed between the two renames of an export
+        _, old = _staging_dirs(directory)
+        if not storage.is_remote(directory) and (old / MODEL_FILE).is_file():
+            # killed between the two renames of an export
             os.replace(old, directory)
         else:
             raise FileNotFoundError(
@@ -162,7 +165,7 @@ def model_fingerprint(directory) -> str:
 
 def restore_params(directory, abstract_params):
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(pathlib.Path(directory).absolute() / PARAMS_DIR,
+        return checkpointer.restore(storage.path(directory) / PARAMS_DIR,
                                     abstract_params)
 
 

@@ -48,18 +48,22 @@ class Tokenizer:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def save(self, directory: str | pathlib.Path) -> None:
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / "tokenizer.json"))
+        """Writes tokenizer.json and the special ids into ``directory`` (local or gs://)."""
+        from calrec_core import storage
+
         special = {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
-        (directory / _SPECIAL_FILE).write_text(json.dumps(special))
+        with storage.staged_output(directory) as folder:
+            self.backend.save(str(folder / "tokenizer.json"))
+            (folder / _SPECIAL_FILE).write_text(json.dumps(special))
 
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> Tokenizer:
-        """Loads what ``save`` wrote."""
-        directory = pathlib.Path(directory)
-        special = json.loads((directory / _SPECIAL_FILE).read_text())
-        return cls(BackendTokenizer.from_file(str(directory / "tokenizer.json")), **special)
+        """Loads what ``save`` wrote (local or gs://)."""
+        from calrec_core import storage
+
+        with storage.local_dir(directory) as folder:
+            special = json.loads((folder / _SPECIAL_FILE).read_text())
+            return cls(BackendTokenizer.from_file(str(folder / "tokenizer.json")), **special)
 
 
 def derive_merges(tokens: Sequence[str]) -> list[tuple[str, str]]:

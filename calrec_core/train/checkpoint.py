@@ -8,12 +8,12 @@ the sampler stream and the model's architecture, and the fingerprints of the run
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from calrec_core import storage
 from calrec_core.errors import StaleOutputError
 from calrec_core.fingerprint import arrays_digest, files_digest, json_digest
 
@@ -22,7 +22,7 @@ class CheckpointStore:
     """Resumable checkpoints of one run, the newest ``max_to_keep`` kept (saved asynchronously)."""
 
     def __init__(self, directory, max_to_keep: int) -> None:
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage.path(directory)  # Orbax writes gs:// itself
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -82,7 +82,7 @@ def stage_inputs(data_dir, weights: dict[str, float], selection, params) -> dict
         for split in ("train", "valid"):
             if has_split(data_dir, category, split):
                 paths += shard_paths(data_dir, category, split)
-    root = pathlib.Path(data_dir)
+    root = storage.path(data_dir)
     return {
         "data": json_digest([files_digest(paths, root=root), sorted(weights.items()),
                              sorted(selection)]),

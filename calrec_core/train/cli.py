@@ -10,12 +10,48 @@ import sys
 
 from calrec_core.overrides import add_preset_arguments
 
+# The --preset of ``calrec train`` when none is given (the only one --train-config goes with).
+DEFAULT_PRESET = "paper"
+# What process 0 writes into --output when the stage ends: the summary it prints.
+RESULT_FILE = "result.json"
 
-def _train(args: argparse.Namespace) -> int:
+
+def _config(args: argparse.Namespace):
+    """The TrainConfig of --preset or --train-config, with the --set overrides on top."""
+    from calrec_core.overrides import replace_typed
     from calrec_core.train.config import TrainConfig
 
+    if not args.train_config:
+        return TrainConfig.preset(args.preset).with_overrides(args.set)
+    if args.preset != DEFAULT_PRESET:
+        raise ValueError(f"--train-config is a whole configuration: it does not go with "
+                         f"--preset {args.preset} (use --set to change fields)")
+    from calrec_core.storage import path
+
+    source = f"--train-config {args.train_config}"
     try:
-        config = TrainConfig.preset(args.preset).with_overrides(args.set)
+        values = json.loads(path(args.train_config).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{source}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not JSON ({error})") from None
+    return replace_typed(TrainConfig(), values, source).with_overrides(args.set)
+
+
+def _write_result(output: str, summary: dict) -> None:
+    """``<output>/result.json`` from process 0 only (every process of a job gets the same
+    summary), so a launcher can read the outcome without the workers' stdout."""
+    import jax
+
+    from calrec_core.storage import join, write_atomic
+
+    if jax.process_index() == 0:
+        write_atomic(join(output, RESULT_FILE), json.dumps(summary, indent=2) + "\n")
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
     except ValueError as error:
         print(f"calrec train: {error}", file=sys.stderr)
         return 2
@@ -55,6 +91,7 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     summary = dataclasses.asdict(result)
     summary["history"] = list(summary["history"])
+    _write_result(args.output, summary)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -81,8 +118,12 @@ def register(subparsers) -> None:
     train.add_argument("--stage", type=int, choices=(1, 2), required=True,
                        help="1: multi-category joint fine-tuning; 2: one category")
     train.add_argument("--data", required=True, help="ingested data folder (calrec ingest)")
-    train.add_argument("--output", required=True, help="run folder")
-    add_preset_arguments(train, "train")
+    train.add_argument("--output", required=True,
+                       help=f"run folder (process 0 writes the summary to {RESULT_FILE} there)")
+    add_preset_arguments(train, "train", default=DEFAULT_PRESET)
+    train.add_argument("--train-config", metavar="FILE_OR_URI",
+                       help="a whole training configuration: JSON of TrainConfig.to_dict(), "
+                       "local or gs:// (instead of --preset; --set still applies on top)")
     train.add_argument("--category", help="Stage II: the eval category to fine-tune on")
     train.add_argument("--init", help="Stage II: exported Stage I model folder (OUTPUT/selected "
                        "of Stage I), or 'none' for the pretrained weights")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import pathlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from calrec_core import storage
 from calrec_core.model.export import (
     architecture_of,
     check_same_architecture,
@@ -135,7 +135,7 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
 
     # Joins the other hosts of a multi-host job (no-op alone, or when the CLI already did).
     initialize()
-    run_dir = pathlib.Path(output_dir)
+    run_dir = storage.path(output_dir)  # local or gs://
     mesh = make_mesh(data=-1, fsdp=config.fsdp)
     _check_mesh(config, mesh)
     sequences = load_training_sequences(data_dir, sorted(weights))

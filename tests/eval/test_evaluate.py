@@ -90,7 +90,7 @@ def test_report_across_runs_has_table_and_t_tests(gift_cards_dir, tmp_path):
     test_metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())["methods"]["lir"]
     assert f"{test_metrics['mrr_opt']:.4f} / {test_metrics['mrr_pes']:.4f}" in markdown
     assert "<table" in paths["html"].read_text()
-    assert paths["plot"].stat().st_size > 0
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
 
 
 class _FakeGenerator:

@@ -68,6 +68,10 @@ _TERM = re.compile(r'^(?P<field>[a-z_]+)\s*(?P<op>=|!=|:)\s*(?P<value>\*|"[^"]*"
 _SCHEDULE_FIELDS = {"display_name": "displayName", "state": "state",
                     "create_pipeline_job_request": "createPipelineJobRequest"}
 _FINAL = {"PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"}
+_JOB_FINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+              "JOB_STATE_EXPIRED"}
+# Machine types that are Cloud TPU VMs (their chips come with the machine type).
+_TPU_MACHINE = re.compile(r"^(ct5lp-hightpu-(1|4|8)t|ct5p-hightpu-4t|ct6e-standard-(1|4|8)t)$")
 
 
 def _parse_filter(expression: str, fields: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -136,6 +140,67 @@ def _check_pipeline_job(job: dict, region: str) -> None:
             raise _invalid("encryptionSpec.kmsKeyName must be a key in the job's region")
 
 
+def _check_custom_job(body) -> None:
+    """What Vertex AI checks of a CustomJob before accepting it: the request schema (unknown
+    or mistyped fields are refused), then the service's own rules."""
+    from google.cloud import aiplatform_v1
+    from google.protobuf import json_format
+
+    if not isinstance(body, dict):
+        raise _invalid("customJob must be an object")
+    try:
+        message = json_format.ParseDict(
+            body, aiplatform_v1.types.CustomJob.pb(aiplatform_v1.types.CustomJob()),
+            ignore_unknown_fields=False)
+    except json_format.ParseError as error:
+        raise _invalid(f"Invalid JSON payload received. {error}") from None
+    job = aiplatform_v1.types.CustomJob.wrap(message)
+    if not job.display_name:
+        raise _invalid("CustomJob.display_name is required")
+    pools = list(job.job_spec.worker_pool_specs)
+    if not pools:
+        raise _invalid("CustomJob.job_spec.worker_pool_specs must have at least one entry")
+    used = [index for index, pool in enumerate(pools)
+            if pool.machine_spec.machine_type or pool.replica_count]
+    if 0 not in used:
+        raise _invalid("worker_pool_specs[0] (the primary replica) is required")
+    for index in used:
+        pool = pools[index]
+        spec = pool.machine_spec
+        where = f"worker_pool_specs[{index}]"
+        if not spec.machine_type:
+            raise _invalid(f"{where}.machine_spec.machine_type is required")
+        if not (pool.container_spec.image_uri or pool.python_package_spec.executor_image_uri):
+            raise _invalid(f"{where} needs container_spec.image_uri or python_package_spec")
+        if pool.replica_count < 1:
+            raise _invalid(f"{where}.replica_count must be positive")
+        tpu = bool(_TPU_MACHINE.match(spec.machine_type))
+        accelerator = spec.accelerator_type.name if spec.accelerator_type else ""
+        if accelerator == "ACCELERATOR_TYPE_UNSPECIFIED":
+            accelerator = ""
+        if spec.tpu_topology and not tpu:
+            raise _invalid(f"{where}: tpu_topology is only supported for TPU machine types")
+        if tpu and (accelerator or spec.accelerator_count):
+            raise _invalid(f"{where}: {spec.machine_type} does not take an accelerator_type")
+        if tpu and pool.replica_count != 1:
+            raise _invalid(f"{where}: TPU worker pools must have replica_count 1")
+        if bool(accelerator) != bool(spec.accelerator_count):
+            raise _invalid(f"{where}: accelerator_type and accelerator_count go together")
+    if len(used) > 1 and pools[0].replica_count != 1:
+        raise _invalid("worker_pool_specs[0] (the primary replica) must have replica_count 1")
+    bad = [key for key, value in job.labels.items()
+           if not _LABEL.match(key) or not _LABEL_VALUE.match(value)]
+    if bad:
+        raise _invalid(f"invalid labels {bad}")
+    if job.job_spec.network and not _NETWORK.match(job.job_spec.network):
+        raise _invalid(f"invalid network {job.job_spec.network!r}")
+    if job.job_spec.service_account and "@" not in job.job_spec.service_account:
+        raise _invalid("service_account must be a service account e-mail")
+    output = job.job_spec.base_output_directory.output_uri_prefix
+    if output and not output.startswith("gs://"):
+        raise _invalid("base_output_directory.output_uri_prefix must be a gs:// URI")
+
+
 class VertexStandIn:
     """State of the fake service: pipeline jobs, schedules, metadata contexts, buckets, the
     Kubeflow package repository, and the request log. Requests the real service would refuse
@@ -153,6 +218,14 @@ class VertexStandIn:
         self.iam_policies: dict[str, dict] = {}
         self.packages: dict[str, dict] = {}  # package -> {"versions": {..}, "tags": {..}}
         self.objects: dict[str, list[dict]] = {}  # bucket -> object resources
+        self.custom_jobs: dict[str, dict] = {}
+        # States a custom job passes through after JOB_STATE_QUEUED, one per GET.
+        self.custom_job_states: list[str] = ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+        # The error a custom job that ends FAILED reports.
+        self.custom_job_error = "The replica workerpool0-0 exited with a non-zero status of 1."
+        # Plays created custom jobs instead of the state list: player(job) -> a handle with
+        # poll() -> (state, error message) and cancel().
+        self.custom_job_player = None
         self.lock = threading.Lock()
 
     def find(self, method: str, fragment: str) -> list[RecordedRequest]:
@@ -192,6 +265,8 @@ class VertexStandIn:
             return self._jobs(request, parent, region, parts[6:])
         if parts[5] == "schedules":
             return self._schedules(request, parent, region, parts[6:])
+        if parts[5] == "customJobs":
+            return self._custom_jobs(request, parent, parts[6:])
         if parts[5:8] == ["metadataStores", "default", "contexts"]:
             return self._contexts(request, parent, parts[8:])
         if parts[5:7] == ["metadataStores", "default"] and method == "GET":
@@ -238,6 +313,53 @@ class VertexStandIn:
                                    f"pipeline job {job_id} is already {job['state']}")
             job["_states"] = ["PIPELINE_STATE_CANCELLED"]
             job["state"] = "PIPELINE_STATE_CANCELLING"
+            return 200, {}
+        raise StandInError(404, "NOT_FOUND", f"no route {method} {request.path}")
+
+    def _custom_jobs(self, request, parent, rest) -> tuple[int, dict]:
+        method = request.method
+        if not rest and method == "POST":
+            _check_custom_job(request.body)
+            job_id = str(4000000000000000000 + len(self.custom_jobs) + 1)
+            job = dict(request.body, name=f"{parent}/customJobs/{job_id}",
+                       state="JOB_STATE_QUEUED", createTime="2026-01-01T00:00:00Z")
+            job["_states"] = list(self.custom_job_states)
+            if self.custom_job_player is not None:
+                job["_player"] = self.custom_job_player(self._public(job))
+            self.custom_jobs[job_id] = job
+            return 200, self._public(job)
+        job_id, _, verb = rest[0].partition(":") if rest else ("", "", "")
+        if job_id not in self.custom_jobs:
+            raise StandInError(404, "NOT_FOUND", f"custom job {job_id} not found")
+        job = self.custom_jobs[job_id]
+        if method == "GET" and not verb:
+            if job["state"] not in _JOB_FINAL:
+                if job.get("_player") is not None:
+                    state, error = job["_player"].poll()
+                    if job["state"] == "JOB_STATE_CANCELLING":
+                        state = ("JOB_STATE_CANCELLED" if state in _JOB_FINAL
+                                 else "JOB_STATE_CANCELLING")
+                elif job["_states"]:
+                    state, error = job["_states"].pop(0), self.custom_job_error
+                else:
+                    state, error = job["state"], None
+                job["state"] = state
+                if state not in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING"):
+                    job.setdefault("startTime", "2026-01-01T00:01:00Z")
+                if state in _JOB_FINAL:
+                    job["endTime"] = "2026-01-01T02:00:00Z"
+                    if state != "JOB_STATE_SUCCEEDED":
+                        job["error"] = {"code": 1 if state == "JOB_STATE_CANCELLED" else 3,
+                                        "message": error or "CANCELED"}
+            return 200, self._public(job)
+        if method == "POST" and verb == "cancel":
+            if job["state"] in _JOB_FINAL:
+                raise StandInError(400, "FAILED_PRECONDITION",
+                                   f"custom job {job_id} is already {job['state']}")
+            if job.get("_player") is not None:
+                job["_player"].cancel()
+            job["_states"] = ["JOB_STATE_CANCELLED"]
+            job["state"] = "JOB_STATE_CANCELLING"
             return 200, {}
         raise StandInError(404, "NOT_FOUND", f"no route {method} {request.path}")
 

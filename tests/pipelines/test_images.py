@@ -109,10 +109,13 @@ def test_locks_carry_each_images_jax_flavour_and_keep_groups_apart():
         header = (DOCKER / "locks" / f"{image}.txt").read_text().splitlines()[0]
         assert (f"jax[{flavour}]" in header) == bool(flavour), image
     assert not any(name.startswith(("nvidia-", "libtpu")) for name in _lock("calrec"))
-    # The steps' images carry no Vertex AI SDK; ingestion's Beam stays in its own image.
-    # (Beam's gcp extra brings aiplatform<2 into the ingest image; no step imports it there.)
+    # Only the CPU image carries the Vertex AI SDK (its "launch" extra: the custom-job
+    # training launcher); ingestion's Beam stays in its own image. (Beam's gcp extra brings
+    # aiplatform<2 into the ingest image; no step imports it there.)
+    assert "launch" in IMAGE_EXTRAS["calrec"]
     for image in IMAGE_EXTRAS:
-        assert ("google-cloud-aiplatform" in _lock(image)) == (image == "calrec-ingest"), image
+        assert ("google-cloud-aiplatform" in _lock(image)) == (
+            image in ("calrec-ingest", "calrec")), image
         assert "kfp" in _lock(image), image
     assert "apache-beam" in _lock("calrec-ingest") and "apache-beam" not in _lock("calrec")
     assert "google-cloud-aiplatform" in _lock("pipelines-client")
