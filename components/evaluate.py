@@ -34,16 +34,17 @@ def evaluate(
         compilation_cache_dir,
         deadline,
         enable_compilation_cache,
+        gcs_uri,
         log_numbers,
     )
 
     config = ExperimentConfig.from_dict(json.loads(experiment))
     enable_compilation_cache(compilation_cache_dir(jax_cache_dir, checkpoint_root,
                                                    pipeline_root))
-    trained = os.path.join(model.path, model.metadata["checkpoint_subdir"])
+    trained = gcs_uri(os.path.join(model.path, model.metadata["checkpoint_subdir"]))
     with deadline(timeout_hours, f"evaluate-{category}"):
-        evaluated = evaluate_methods(config, dataset.path, category, {"calrec": trained},
-                                     evaluation.path, split=split)
+        evaluated = evaluate_methods(config, gcs_uri(dataset.path), category,
+                                     {"calrec": trained}, gcs_uri(evaluation.path), split=split)
     evaluation.metadata["category"] = category
     evaluation.metadata["split"] = split
     evaluation.metadata["machine"] = [str(value) for value in machine]
@@ -54,4 +55,4 @@ def evaluate(
     log_numbers(evaluation_metrics, {label: result.metrics
                                      for label, result in evaluated.items()})
     with open(evaluation_report.path, "w", encoding="utf-8") as stream:
-        stream.write(render_report([evaluation.path]).markdown)
+        stream.write(render_report([gcs_uri(evaluation.path)]).markdown)

@@ -12,16 +12,11 @@ import math
 import pathlib
 import signal
 
-# Vertex AI mounts Cloud Storage into every pipeline container under /gcs (Cloud Storage FUSE).
+# Vertex AI mounts Cloud Storage into every pipeline container under /gcs (Cloud Storage FUSE)
+# and hands artifacts over by those paths; the steps give calrec_core the gs:// URIs instead,
+# which it reads and writes itself (calrec_core.storage: Orbax writes checkpoints natively).
 _GCS_PREFIX = "gs://"
 _FUSE_ROOT = "/gcs/"
-
-
-def local_path(uri: str) -> str:
-    """A path the step can open: ``gs://bucket/x`` -> ``/gcs/bucket/x``; others unchanged."""
-    if not uri:
-        raise ValueError("empty path or URI")
-    return _FUSE_ROOT + uri[len(_GCS_PREFIX):] if uri.startswith(_GCS_PREFIX) else uri
 
 
 def beam_runner_is_remote(beam_args: list) -> bool:
@@ -97,7 +92,8 @@ def stage_summary(result) -> tuple[dict, dict]:
 
 
 def gcs_uri(path: str) -> str:
-    """The inverse of local_path: ``/gcs/bucket/x`` -> ``gs://bucket/x``; others unchanged."""
+    """An artifact's path as calrec_core takes it: ``/gcs/bucket/x`` (the FUSE mount) ->
+    ``gs://bucket/x``; local paths unchanged."""
     return _GCS_PREFIX + path[len(_FUSE_ROOT):] if path.startswith(_FUSE_ROOT) else path
 
 
@@ -119,7 +115,7 @@ def work_dir(checkpoint_root: str, pipeline_root: str, run_id: str, task: str,
                                else "")
     if not root or not run_id or _PLACEHOLDER_START in run_id:
         return str(pathlib.Path(output_path).parent / f"{task}-work")
-    return local_path(f"{root.rstrip('/')}/{run_id}/{task}")
+    return f"{root.rstrip('/')}/{run_id}/{task}"
 
 
 # What Vertex AI Pipelines replaces with the run's own project and region in task inputs.
@@ -151,11 +147,11 @@ def compilation_cache_dir(jax_cache_dir: str, checkpoint_root: str, pipeline_roo
     if jax_cache_dir == "off":
         return ""
     if jax_cache_dir:
-        return local_path(jax_cache_dir)
+        return jax_cache_dir
     root = checkpoint_root or (f"{pipeline_root.rstrip('/')}/checkpoints"
                                if pipeline_root and _PLACEHOLDER_START not in pipeline_root
                                else "")
-    return local_path(f"{root.rstrip('/')}/jax-cache") if root else ""
+    return f"{root.rstrip('/')}/jax-cache" if root else ""
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -196,6 +192,6 @@ def deadline(hours: float, what: str):
 
 def export_model(selected_dir: str, model_path: str) -> None:
     """Copies the selected export (only it) into the Model artifact's folder."""
-    import shutil
+    from calrec_core import storage
 
-    shutil.copytree(selected_dir, model_path, dirs_exist_ok=True)
+    storage.copy_tree(selected_dir, gcs_uri(model_path))

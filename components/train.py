@@ -60,11 +60,11 @@ def train(
     work = work_dir(checkpoint_root, pipeline_root, run_id, task, model.path)
     enable_compilation_cache(compilation_cache_dir(jax_cache_dir, checkpoint_root,
                                                    pipeline_root))
-    init = (os.path.join(init_model.path, init_model.metadata["checkpoint_subdir"])
+    init = (gcs_uri(os.path.join(init_model.path, init_model.metadata["checkpoint_subdir"]))
             if init_model is not None else None)
     with deadline(timeout_hours, task):
-        result = train_stage(config, stage, dataset.path, work, category=category or None,
-                             init=init)
+        result = train_stage(config, stage, gcs_uri(dataset.path), work,
+                             category=category or None, init=init)
     export_model(result.checkpoint_dir, model.path)
     summary, selection = stage_summary(result)
     model.metadata["stage"] = stage

@@ -21,7 +21,6 @@ from components.runtime import (
     deadline,
     gcs_uri,
     json_metadata,
-    local_path,
     log_numbers,
     stage_summary,
     work_dir,
@@ -29,11 +28,9 @@ from components.runtime import (
 from pipelines.cli import _assignment
 
 
-def test_gcs_uris_map_to_the_vertex_fuse_mount_and_local_paths_pass_through():
-    assert local_path("gs://bucket/raw/amazon") == "/gcs/bucket/raw/amazon"
-    assert local_path("relative/raw") == "relative/raw"
-    with pytest.raises(ValueError):
-        local_path("")
+def test_fuse_mount_paths_become_gcs_uris_and_local_paths_pass_through():
+    assert gcs_uri("/gcs/bucket/raw/amazon") == "gs://bucket/raw/amazon"
+    assert gcs_uri("relative/raw") == "relative/raw"
 
 
 @pytest.mark.parametrize(("args", "remote"), [
@@ -88,14 +85,14 @@ def test_local_data_version_changes_with_content_and_names_only(tmp_path):
 def test_work_folders_are_run_and_task_scoped_and_outside_the_model_artifact(tmp_path):
     model = str(tmp_path / "task" / "model")
     assert work_dir("gs://b/ckpt", "gs://b/root", "run-1", "train-stage1", model) == (
-        "/gcs/b/ckpt/run-1/train-stage1")
+        "gs://b/ckpt/run-1/train-stage1")
     assert work_dir("", "gs://b/root", "run-1", "train-stage2-Gift_Cards", model) == (
-        "/gcs/b/root/checkpoints/run-1/train-stage2-Gift_Cards")
+        "gs://b/root/checkpoints/run-1/train-stage2-Gift_Cards")
     # A backend that leaves the placeholders unresolved: beside the artifact, never inside.
     assert work_dir("", "{{$.pipeline_root}}", "{{$.pipeline_job_uuid}}", "t", model) == (
         str(tmp_path / "task" / "t-work"))
-    assert compilation_cache_dir("", "", "gs://b/root") == "/gcs/b/root/checkpoints/jax-cache"
-    assert compilation_cache_dir("gs://b/jax", "", "gs://b/root") == "/gcs/b/jax"
+    assert compilation_cache_dir("", "", "gs://b/root") == "gs://b/root/checkpoints/jax-cache"
+    assert compilation_cache_dir("gs://b/jax", "", "gs://b/root") == "gs://b/jax"
     assert compilation_cache_dir("off", "gs://b/ckpt", "gs://b/root") == ""
     assert gcs_uri("/gcs/b/x") == "gs://b/x" and gcs_uri("/tmp/x") == "/tmp/x"
 
