@@ -10,6 +10,11 @@ import pytest
 # gcsfs probes each bucket for zonal storage over gRPC with TLS, which the local Cloud Storage
 # server does not speak (it retries for a minute); read when gcsfs is first imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# google-auth looks for a Compute Engine metadata server when it finds no credentials; tests
+# never reach one (read when google.auth is first imported, so set before any test).
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
+os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample" / "amazon2018"
@@ -131,12 +136,8 @@ class LocalCloudStorage:
             "TENSORSTORE_GCS_HTTP_URL": self.url,
             # TensorStore's fixed bearer token for tests (no credentials lookup).
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "calrec-test-token",
-            # gcsfs (through fsspec's per-protocol settings) connects anonymously, and
-            # google-auth never probes for a Compute Engine metadata server.
+            # gcsfs (through fsspec's per-protocol settings) connects anonymously.
             "FSSPEC_GCS_TOKEN": "anon",
-            "NO_GCE_CHECK": "true",
-            "GCE_METADATA_HOST": "127.0.0.1:9",
-            "GCE_METADATA_IP": "127.0.0.1:9",
         }
         self._count = 0
 

@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calrec_core import storage
 from calrec_core.model.config import GLOBAL_ATTENTION, LOCAL_ATTENTION, Gemma3Config
 
 if TYPE_CHECKING:  # the tokenizers library loads with the weights, not with the CLI
@@ -295,9 +297,15 @@ def read_cached_config(cache: pathlib.Path) -> Gemma3Config:
 
 
 def use_weights(path: str | os.PathLike | None) -> None:
-    """Makes ``path`` (a .gguf file or HF safetensors directory) the pretrained weights of
-    this process and its children; None leaves the current choice. For the CLI flags."""
+    """Makes ``path`` (a .gguf file or HF safetensors directory, local or gs://) the
+    pretrained weights of this process and its children; None leaves the current choice.
+    For the CLI flags."""
     if path is None:
+        return
+    if storage.is_remote(path):
+        if not storage.path(path).exists():
+            raise FileNotFoundError(f"--weights {path}: no such object or folder")
+        os.environ[WEIGHTS_ENV] = os.fspath(path)
         return
     resolved = pathlib.Path(path).expanduser().resolve()
     if not resolved.exists():
@@ -305,11 +313,36 @@ def use_weights(path: str | os.PathLike | None) -> None:
     os.environ[WEIGHTS_ENV] = str(resolved)
 
 
+def _downloaded(location: str) -> pathlib.Path:
+    """A gs:// weights file or folder as a local copy in the cache, downloaded once per
+    location and size (the conversion cache is then keyed by the content, as for local
+    files)."""
+    remote = storage.path(location)
+    files = [remote] if remote.is_file() else storage.files_under(remote)
+    if not files:
+        raise FileNotFoundError(f"${WEIGHTS_ENV}={location}: no such object or folder")
+    identity = json.dumps([[os.fspath(f), f.stat().length] for f in files])
+    key = hashlib.sha256(f"{location}\n{identity}".encode()).hexdigest()[:16]
+    local = default_cache_root() / "downloads" / key / remote.name
+    done = local.parent / _DONE
+    if not done.exists():
+        storage.remove_tree(local.parent)
+        local.parent.mkdir(parents=True)
+        if remote.is_file():
+            with storage.open_read(remote) as source, open(local, "wb") as target:
+                shutil.copyfileobj(source, target, length=16 << 20)
+        else:
+            storage.copy_tree(remote, local)
+        done.write_text(location)
+    return local
+
+
 def add_weights_argument(parser) -> None:
     """The ``--weights`` flag of every command that may load the pretrained model."""
     parser.add_argument(
         "--weights", default=None, metavar="PATH",
-        help=f"pretrained weights: a .gguf file or a HF safetensors directory (default: "
+        help=f"pretrained weights: a .gguf file or a HF safetensors directory, local or "
+        f"gs:// (default: "
         f"${WEIGHTS_ENV}, else the packaged GGUF)",
     )
 
@@ -317,6 +350,8 @@ def add_weights_argument(parser) -> None:
 def default_source() -> pathlib.Path:
     """``$CALREC_WEIGHTS`` when set, else the packaged GGUF (assembled on first use)."""
     configured = os.environ.get(WEIGHTS_ENV)
+    if configured and storage.is_remote(configured):
+        return _downloaded(configured)
     if configured:
         path = pathlib.Path(configured).expanduser()
         if not path.exists():
@@ -333,9 +368,15 @@ def default_source() -> pathlib.Path:
 
 
 def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike | None):
-    """Converts ``source`` (None: ``default_source()``) into the cache unless already done;
-    returns the cache directory, keyed by the source's content whatever its path."""
-    source = default_source() if source is None else pathlib.Path(source)
+    """Converts ``source`` (None: ``default_source()``; gs:// is downloaded first) into the
+    cache unless already done; returns the cache directory, keyed by the source's content
+    whatever its path."""
+    if source is None:
+        source = default_source()
+    elif storage.is_remote(source):
+        source = _downloaded(os.fspath(source))
+    else:
+        source = pathlib.Path(source)
     if not source.exists():
         raise FileNotFoundError(f"checkpoint {source} does not exist")
     root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_root()

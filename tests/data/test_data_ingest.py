@@ -109,6 +109,26 @@ def test_runner_parallelism_does_not_change_a_byte(sample_output, sample_dir, sa
     assert mismatch == [] and errors == []
 
 
+@pytest.mark.xdist_group("cloud_storage")
+def test_ingest_into_a_bucket_writes_the_same_bytes(sample_output, sample_dir, sample_config,
+                                                    cloud_storage):
+    """--output gs://... (Beam's FileSystems on the local Cloud Storage server): the same
+    files, byte for byte, as a local ingest, and the readers take the bucket folder."""
+    from calrec_core import storage
+    from calrec_core.data import load_stats, read_examples
+
+    bucket = cloud_storage.folder("ingest")
+    run_ingest(sample_dir, sample_config, bucket)
+    files = [str(path)[len(bucket) + 1:] for path in storage.files_under(bucket)]
+    assert files == _files(sample_output)
+    for name in files:
+        assert storage.path(storage.join(bucket, name)).read_bytes() == (
+            sample_output / name).read_bytes(), name
+    assert load_stats(bucket) == load_stats(sample_output)
+    assert read_examples(bucket, "Gift_Cards", "test") == read_examples(sample_output,
+                                                                        "Gift_Cards", "test")
+
+
 def test_tfrecords_read_with_beam_reader(sample_output):
     path = sample_output / "Gift_Cards" / "valid-00000-of-00001.tfrecord"
     with open(path, "rb") as stream:

@@ -6,6 +6,7 @@ for the library, `calrec model prepare`, `calrec evaluate`, `calrec recommend` a
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -129,3 +130,39 @@ def test_training_starts_from_the_weights_file(weights_env, gift_cards_dir, tmp_
     # Learning rate 0: the exported model is the file's weights.
     np.testing.assert_array_equal(np.asarray(trained.embedding[...]),
                                   np.asarray(pretrained.embedding[...]))
+
+
+@pytest.mark.xdist_group("cloud_storage")
+def test_weights_in_a_bucket_load_like_the_local_folder(checkpoint, cloud_storage, tmp_path,
+                                                       monkeypatch):
+    """--weights gs://...: downloaded once into the cache, then converted like the local copy
+    (the same content gives the same conversion cache and the same logits)."""
+    from calrec_core import storage
+    from calrec_core.model.loading import use_weights
+
+    _, directory = checkpoint
+    bucket_copy = cloud_storage.folder("weights")
+    storage.copy_tree(directory, bucket_copy)
+    monkeypatch.setenv("CALREC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    use_weights(bucket_copy)
+    assert os.environ[WEIGHTS_ENV] == bucket_copy
+    from_bucket = ensure_cache(None, None)
+    # Keyed by content (the key after the folder's name), not by location.
+    assert from_bucket.name.split("-")[-2:] == ensure_cache(directory, None).name.split("-")[-2:]
+    assert len(list((tmp_path / "cache" / "downloads").iterdir())) == 1
+    ensure_cache(bucket_copy, None)  # the download is reused
+    assert len(list((tmp_path / "cache" / "downloads").iterdir())) == 1
+
+    ids = np.array([[2, 17, 45, 300, 9]], np.int32)
+    positions = np.arange(ids.shape[1], dtype=np.int32)[None]
+    monkeypatch.setenv(WEIGHTS_ENV, str(directory))
+    local_model, _ = load_pretrained()
+    monkeypatch.setenv(WEIGHTS_ENV, bucket_copy)
+    bucket_model, _ = load_pretrained()
+    mask = np.ones_like(ids, bool)
+    np.testing.assert_array_equal(
+        np.asarray(bucket_model(ids, positions, mask, logits_at=positions).logits),
+        np.asarray(local_model(ids, positions, mask, logits_at=positions).logits))
+    with pytest.raises(FileNotFoundError, match="no such object"):
+        use_weights(cloud_storage.folder("absent"))
