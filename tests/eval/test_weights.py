@@ -144,7 +144,8 @@ def test_weights_in_a_bucket_load_like_the_local_folder(checkpoint, cloud_storag
     bucket_copy = cloud_storage.folder("weights")
     storage.copy_tree(directory, bucket_copy)
     monkeypatch.setenv("CALREC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    # Recorded first, so the variable use_weights sets is undone after the test.
+    monkeypatch.setenv(WEIGHTS_ENV, str(directory))
     use_weights(bucket_copy)
     assert os.environ[WEIGHTS_ENV] == bucket_copy
     from_bucket = ensure_cache(None, None)
