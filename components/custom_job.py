@@ -34,6 +34,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from components.gcp_names import NETWORK, check_labels
+
 # The project's CLI, installed in every image as a console script.
 WORKER_EXECUTABLE = "calrec"
 # A job's states after which nothing changes; only SUCCEEDED is a success.
@@ -67,10 +69,6 @@ _G2_GPUS = {24: 2, 48: 4, 96: 8}
 # N1 machines take these GPUs (1, 2, 4 or 8 of them) or none.
 _N1_GPUS = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4")
 _GPU_COUNTS = (1, 2, 4, 8)
-# GCP resource labels, and a VPC network peered with Vertex AI.
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_NETWORK = re.compile(r"^projects/[0-9]+/global/networks/[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def is_tpu_machine(machine_type: str) -> bool:
@@ -212,16 +210,6 @@ class WorkerPool:
         return pools
 
 
-def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """``labels`` if every key and value is a valid GCP label, else ValueError."""
-    bad = [f"{key}={value}" for key, value in labels.items()
-           if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(str(value))]
-    if bad:
-        raise ValueError(f"invalid labels {bad}: use lowercase letters, digits, '_' and '-' "
-                         "(keys start with a letter, at most 63 characters)")
-    return {key: str(value) for key, value in labels.items()}
-
-
 def custom_job_body(
     display_name: str,
     image_uri: str,
@@ -259,7 +247,7 @@ def custom_job_body(
         problems.append("the worker command is required")
     if service_account and "@" not in service_account:
         problems.append(f"service_account must be an e-mail address, got {service_account!r}")
-    if network and not _NETWORK.match(network):
+    if network and not NETWORK.match(network):
         problems.append(f"network must be projects/PROJECT_NUMBER/global/networks/NAME, got "
                         f"{network!r}")
     if timeout_seconds < 0:
@@ -291,7 +279,7 @@ def custom_job_body(
         spec["baseOutputDirectory"] = {"outputUriPrefix": base_output_directory}
     body = {"displayName": display_name, "jobSpec": spec}
     if labels:
-        body["labels"] = check_labels(labels)
+        body["labels"] = {key: str(value) for key, value in check_labels(labels).items()}
     return body
 
 

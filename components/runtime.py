@@ -195,3 +195,33 @@ def export_model(selected_dir: str, model_path: str) -> None:
     from calrec_core import storage
 
     storage.copy_tree(selected_dir, gcs_uri(model_path))
+
+
+def record_trained_model(model, training_metrics, loss_curves, *, stage: int, category: str,
+                         init_model, machine: list, train_config: dict, result,
+                         work: str) -> None:
+    """What a training step (in its container or on a custom job) records: the Model
+    artifact's metadata (stage, lineage, config, selection, where its work folder and
+    TensorBoard events are), the selection metrics and the loss-curve page."""
+    from calrec_core import storage
+    from calrec_core.experiment.steps import loss_curves_html
+    from calrec_core.train.metrics import TENSORBOARD_DIR
+
+    summary, selection = stage_summary(result)
+    work = gcs_uri(str(work))
+    model.metadata["stage"] = stage
+    if category:
+        model.metadata["category"] = category
+    if init_model is not None:
+        model.metadata["init_model"] = init_model.uri
+    model.metadata["machine"] = [str(value) for value in machine]
+    model.metadata["config"] = json_metadata(train_config)
+    model.metadata["result"] = summary
+    model.metadata["checkpoint_subdir"] = "."  # the artifact is the export itself
+    model.metadata["selected_step"] = int(result.selected_step)
+    model.metadata["work_dir"] = work
+    model.metadata["tensorboard_logdir"] = storage.join(work, TENSORBOARD_DIR)
+    log_numbers(training_metrics, selection)
+    label = "stage I" if stage == 1 else f"stage II {category}"
+    with open(loss_curves.path, "w", encoding="utf-8") as stream:
+        stream.write(loss_curves_html(work, label))

@@ -37,21 +37,17 @@ def train(
 
     from calrec_core.experiment import ExperimentConfig
     from calrec_core.experiment.steps import (
-        loss_curves_html,
         stage_name,
         stage_train_config,
         train_stage,
     )
-    from calrec_core.train.metrics import TENSORBOARD_DIR
     from components.runtime import (
         compilation_cache_dir,
         deadline,
         enable_compilation_cache,
         export_model,
         gcs_uri,
-        json_metadata,
-        log_numbers,
-        stage_summary,
+        record_trained_model,
         work_dir,
     )
 
@@ -66,23 +62,10 @@ def train(
         result = train_stage(config, stage, gcs_uri(dataset.path), work,
                              category=category or None, init=init)
     export_model(result.checkpoint_dir, model.path)
-    summary, selection = stage_summary(result)
-    model.metadata["stage"] = stage
-    if category:
-        model.metadata["category"] = category
-    if init_model is not None:
-        model.metadata["init_model"] = init_model.uri
-    model.metadata["machine"] = [str(value) for value in machine]
-    model.metadata["config"] = json_metadata(stage_train_config(config, stage).to_dict())
-    model.metadata["result"] = summary
-    model.metadata["checkpoint_subdir"] = "."  # the artifact is the export itself
-    model.metadata["selected_step"] = int(result.selected_step)
-    model.metadata["work_dir"] = gcs_uri(str(work))
-    model.metadata["tensorboard_logdir"] = gcs_uri(os.path.join(str(work), TENSORBOARD_DIR))
-    log_numbers(training_metrics, selection)
-    label = "stage I" if stage == 1 else f"stage II {category}"
-    with open(loss_curves.path, "w", encoding="utf-8") as stream:
-        stream.write(loss_curves_html(work, label))
+    record_trained_model(model, training_metrics, loss_curves, stage=stage, category=category,
+                         init_model=init_model, machine=machine,
+                         train_config=stage_train_config(config, stage).to_dict(),
+                         result=result, work=work)
 
 
 def train_custom_job(
@@ -121,8 +104,7 @@ def train_custom_job(
 
     from calrec_core import storage
     from calrec_core.experiment import ExperimentConfig
-    from calrec_core.experiment.steps import loss_curves_html, stage_name, stage_train_config
-    from calrec_core.train.metrics import TENSORBOARD_DIR
+    from calrec_core.experiment.steps import stage_name, stage_train_config
     from calrec_core.train.stages import StageResult
     from components.custom_job import (
         WorkerPool,
@@ -134,11 +116,11 @@ def train_custom_job(
     from components.runtime import (
         compilation_cache_dir,
         deadline,
+        export_model,
         gcs_uri,
         json_metadata,
-        log_numbers,
+        record_trained_model,
         resolved_project_location,
-        stage_summary,
         work_dir,
     )
 
@@ -196,24 +178,10 @@ def train_custom_job(
     fields = {field.name for field in dataclasses.fields(StageResult)}
     written = json.loads(storage.path(storage.join(work_uri, "result.json")).read_text())
     result = StageResult(**{key: value for key, value in written.items() if key in fields})
-    storage.copy_tree(result.checkpoint_dir, model.path)
-    summary, selection = stage_summary(result)
-    model.metadata["stage"] = stage
-    if category:
-        model.metadata["category"] = category
-    if init_model is not None:
-        model.metadata["init_model"] = init_model.uri
-    model.metadata["machine"] = [str(value) for value in machine]
-    model.metadata["config"] = json_metadata(train_config.to_dict())
-    model.metadata["result"] = summary
-    model.metadata["checkpoint_subdir"] = "."  # the artifact is the export itself
-    model.metadata["selected_step"] = int(result.selected_step)
-    model.metadata["work_dir"] = work_uri
-    model.metadata["tensorboard_logdir"] = storage.join(work_uri, TENSORBOARD_DIR)
+    export_model(result.checkpoint_dir, model.path)
+    record_trained_model(model, training_metrics, loss_curves, stage=stage, category=category,
+                         init_model=init_model, machine=machine,
+                         train_config=train_config.to_dict(), result=result, work=work_uri)
     model.metadata["custom_job"] = job.name
     model.metadata["worker_pools"] = json_metadata(pool_metadata(body))
     model.metadata["hosts"] = machines.hosts  # = JAX processes
-    log_numbers(training_metrics, selection)
-    label = "stage I" if stage == 1 else f"stage II {category}"
-    with open(loss_curves.path, "w", encoding="utf-8") as stream:
-        stream.write(loss_curves_html(work_uri, label))

@@ -15,14 +15,11 @@ from collections.abc import Callable
 
 import yaml
 
-# GCP resource labels: lowercase letters, digits, '_' and '-', at most 63 characters; keys
-# start with a letter (https://cloud.google.com/compute/docs/labeling-resources).
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+from components.gcp_names import NETWORK, check_labels
+
 # Five cron fields, optionally after a CRON_TZ=/TZ= prefix (Vertex AI's schedule syntax).
 _CRON = re.compile(r"^((CRON_TZ|TZ)=\S+\s+)?(\S+\s+){4}\S+$")
-# A VPC network peered with Vertex AI, and a Cloud KMS key (same region as the runs).
-_NETWORK = re.compile(r"^projects/[0-9]+/global/networks/[a-z]([-a-z0-9]*[a-z0-9])?$")
+# A Cloud KMS key (same region as the runs).
 _KMS_KEY = re.compile(r"^projects/[^/]+/locations/(?P<location>[^/]+)/keyRings/[^/]+/"
                       r"cryptoKeys/[^/]+$")
 # Experiment names: lowercase letters, digits and '-', at most 128 characters.
@@ -79,7 +76,7 @@ class RunSettings:
             problems.append(
                 f"service_account must be an e-mail address, got {self.service_account!r}"
             )
-        if self.network and not _NETWORK.match(self.network):
+        if self.network and not NETWORK.match(self.network):
             problems.append(f"network must be projects/PROJECT_NUMBER/global/networks/NAME, "
                             f"got {self.network!r}")
         if self.encryption_key and not _KMS_KEY.match(self.encryption_key):
@@ -97,18 +94,6 @@ class RunSettings:
         if match and match["location"] != region:
             raise ValueError(f"encryption key {self.encryption_key} is in "
                              f"{match['location']}, the runs in {region}: use a key there")
-
-
-def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    """Returns ``labels`` if every key and value is a valid GCP label, else raises."""
-    bad = [f"{key}={value}" for key, value in labels.items()
-           if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(str(value))]
-    if bad:
-        raise ValueError(
-            f"invalid labels {bad}: use lowercase letters, digits, '_' and '-' (keys start "
-            "with a letter, at most 63 characters)"
-        )
-    return dict(labels)
 
 
 def check_experiment(template_path, parameter_values: dict | None) -> None:
