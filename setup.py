@@ -88,6 +88,8 @@ EXTRAS = {
         "gcp-storage-emulator>=2024.8",
         "pytest-xdist>=3.6",
         "ruff>=0.6",
+        # Resolves constraints.txt and the images' hash locks (make pins, docker/pins.py).
+        "uv>=0.5",
         "transformers>=5",
         "accelerate>=1.0",
         "torch>=2.13",

@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import re
+import runpy
 import subprocess
 import sys
 import threading
@@ -406,7 +407,9 @@ def test_the_ingest_lock_holds_beams_whole_gcp_extra():
                    "sys_platform": "linux", "platform_system": "Linux",
                    "platform_machine": "x86_64", "implementation_name": "cpython",
                    "platform_python_implementation": "CPython", "os_name": "posix"}
-    assert lock["apache-beam"] == metadata.version("apache-beam")
+    # The launcher's Beam (this venv, installed from the pins) is the workers' Beam.
+    pins = runpy.run_path(str(REPO / "docker" / "pins.py"))["read_pins"]()
+    assert lock["apache-beam"] == pins["apache-beam"]
     gcp = [Requirement(line) for line in metadata.requires("apache-beam")
            if "extra == \"gcp\"" in line]
     assert len(gcp) > 20

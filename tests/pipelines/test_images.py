@@ -22,8 +22,9 @@ from pipelines import load_pipeline_spec
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-# Packages a lock resolves outside docker/constraints.txt (docker/locks.py).
+# Packages a lock resolves outside constraints.txt (docker/locks.py).
 OWN_PINS = runpy.run_path(str(DOCKER / "locks.py"))["OWN_PINS"]
+read_pins = runpy.run_path(str(DOCKER / "pins.py"))["read_pins"]
 SUBSTITUTIONS = {"${_REGISTRY}": "europe-docker.pkg.dev/acme/calrec", "${COMMIT_SHA}": "c0ffee1",
                  "${_PRESET}": "paper", "${_ROLES}": "configs/sample.yaml",
                  "${_ACCELERATOR}": "gpu"}
@@ -85,8 +86,7 @@ def test_every_locked_wheel_is_pinned_with_hashes_within_the_tested_versions(nam
     assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for _, hashes in lock.values()
                for h in hashes)
     assert "setuptools" in lock  # the package installs without build isolation
-    constraints = dict(line.split("==") for line in (DOCKER / "constraints.txt").read_text()
-                       .splitlines() if line and not line.startswith("#"))
+    constraints = read_pins()
     for package, (version, _) in lock.items():
         if package in constraints and package not in OWN_PINS.get(name, ()):
             assert version == constraints[package], (name, package)
