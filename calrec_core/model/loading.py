@@ -2,13 +2,15 @@
 
 Either source is converted once into a cache directory of float32 ``.npy`` arrays named
 by parameter path, plus our config and the tokenizer; later starts read only the cache.
-Arrays are converted and written one at a time and memory-mapped when read back, so the
-peak memory of loading stays near the size of the model.
+Arrays are converted and written one at a time, and each is read back straight into an aligned
+buffer that the CPU device adopts without a copy, so the peak memory of loading stays near the
+size of the model (benchmarks/bench_load.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +32,9 @@ CACHE_ENV = "CALREC_CACHE"  # Overrides the default cache root (.cache/calrec in
 # machines that cannot install the weight package; the --weights flags set it.
 WEIGHTS_ENV = "CALREC_WEIGHTS"
 _CACHE_VERSION = 2  # Bump when the cache layout or the conversion changes.
+# XLA's CPU client adopts a host buffer without copying only at this alignment (numpy's own
+# allocations are 16-byte aligned, so a plain np.load is copied once more on the way in).
+_DEVICE_ALIGNMENT = 64
 _DONE = "complete.json"
 
 # Our parameter path -> (GGUF tensor, HF tensor); "{i}" is the layer. Shapes are fixed up below.
@@ -134,7 +139,25 @@ def gguf_tokenizer(reader) -> Tokenizer:
     )
 
 
-def gguf_params(reader, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray]]:
+@dataclasses.dataclass(frozen=True)
+class RowBlocks:
+    """A large float32 tensor converted a block of rows at a time, so that writing it to the
+    cache never holds the whole float32 copy (nor dequantization's temporaries of it)."""
+
+    shape: tuple[int, ...]  # The whole tensor's shape, rows first.
+    blocks: Callable[[], Iterator[np.ndarray]]  # Yields consecutive (rows, ...) float32 blocks.
+
+
+_ROWS_PER_BLOCK = 16_384  # 42 MB of float32 embedding rows at a time
+
+
+def _dequantized_rows(tensor, dequantize) -> Iterator[np.ndarray]:
+    for start in range(0, tensor.data.shape[0], _ROWS_PER_BLOCK):
+        rows = tensor.data[start:start + _ROWS_PER_BLOCK]
+        yield np.asarray(dequantize(rows, tensor.tensor_type), dtype=np.float32)
+
+
+def gguf_params(reader, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray | RowBlocks]]:
     """Yields (our path, float32 array) one tensor at a time, dequantized."""
     from gguf import dequantize
 
@@ -143,6 +166,11 @@ def gguf_params(reader, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray]
         if gguf_name not in tensors:
             raise KeyError(f"GGUF has no tensor {gguf_name!r} (for {path})")
         tensor = tensors[gguf_name]
+        if path == "embedding":  # (V, D) is already our layout; 671 MB as float32
+            yield path, RowBlocks(
+                shape=(tensor.data.shape[0], config.embed_dim),
+                blocks=functools.partial(_dequantized_rows, tensor, dequantize))
+            continue
         weights = dequantize(tensor.data, tensor.tensor_type)  # torch (out, in) layout
         if path.endswith("norm/scale"):
             weights = weights - 1.0  # llama.cpp stores Gemma norms as 1 + w.
@@ -285,8 +313,48 @@ def write_cache(
     (cache / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     tokenizer.save(cache)
     for path, array in tqdm(params, total=total, desc="Converting weights", unit="tensor"):
-        np.save(cache / (path.replace("/", ".") + ".npy"), array)
+        target = cache / (path.replace("/", ".") + ".npy")
+        if isinstance(array, RowBlocks):
+            _save_row_blocks(target, array)
+        else:
+            np.save(target, array)
     (cache / _DONE).write_text(json.dumps({"version": _CACHE_VERSION}))
+
+
+def read_npy_aligned(path: pathlib.Path) -> np.ndarray:
+    """A ``.npy`` file read into a fresh, writable, ``_DEVICE_ALIGNMENT``-aligned array (never a
+    map of the file, so a donated device buffer can never write into the cache)."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(file)
+        if dtype.hasobject:
+            raise ValueError(f"{path}: object arrays are not weights")
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        raw = np.empty(size + _DEVICE_ALIGNMENT, dtype=np.uint8)
+        start = -raw.ctypes.data % _DEVICE_ALIGNMENT
+        buffer = raw[start:start + size]
+        if file.readinto(memoryview(buffer)) != size:
+            raise ValueError(f"{path}: truncated ({size} bytes expected)")
+    return buffer.view(dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _save_row_blocks(target: pathlib.Path, tensor: RowBlocks) -> None:
+    """Writes the ``.npy`` file ``np.save`` would write for the whole tensor, block by block."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+              "fortran_order": False, "shape": tensor.shape}
+    rows = 0
+    with open(target, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, header)
+        for block in tensor.blocks():
+            if block.shape[1:] != tensor.shape[1:]:
+                raise ValueError(f"{target.name}: block of shape {block.shape}, tensor "
+                                 f"{tensor.shape}")
+            file.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+            rows += block.shape[0]
+    if rows != tensor.shape[0]:
+        raise ValueError(f"{target.name}: {rows} rows written, {tensor.shape[0]} expected")
 
 
 def read_cached_config(cache: pathlib.Path) -> Gemma3Config:
@@ -383,20 +451,47 @@ def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike 
     cache = cache_dir_for(source, root)
     if (cache / _DONE).exists():
         return cache
+    _convert(source, cache)
+    _release_freed_memory()
+    return cache
+
+
+def _convert(source: pathlib.Path, cache: pathlib.Path) -> None:
+    """Writes the cache from a GGUF file or HF directory (its reader dies with this frame)."""
     if source.is_dir():
         config_json = json.loads((source / "config.json").read_text())
         config = hf_config(config_json)
         tokenizer = hf_tokenizer(source, config_json)
-        params: Callable[[], Iterator] = lambda: hf_params(source, config)  # noqa: E731
+        params = hf_params(source, config)
     else:
         from gguf import GGUFReader
 
         reader = GGUFReader(str(source))
         config = gguf_config(reader)
         tokenizer = gguf_tokenizer(reader)
-        params = lambda: gguf_params(reader, config)  # noqa: E731
-    write_cache(cache, config, params(), tokenizer, total=len(param_names(config)))
-    return cache
+        params = gguf_params(reader, config)
+    write_cache(cache, config, params, tokenizer, total=len(param_names(config)))
+
+
+def _release_freed_memory() -> None:
+    """Hands the conversion's freed heap back to the system before the weights are loaded.
+
+    Reading a GGUF's metadata makes about 0.8 GB of small Python objects (one per vocabulary
+    entry and field part); glibc keeps the freed heap mapped, which would add to the peak of
+    the load that follows (and its map of the file, until the reader's cycles are collected).
+    Elsewhere (no glibc) this does nothing."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(libc_name).malloc_trim if libc_name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 def load_pretrained(
@@ -433,10 +528,12 @@ def load_pretrained(
     flat = nnx.to_flat_state(state)
     for path, variable in flat:
         name = ".".join(str(p) for p in path)
-        array = np.load(cache / f"{name}.npy", mmap_mode="r")
+        array = read_npy_aligned(cache / f"{name}.npy")
         if array.shape != variable.shape:
             raise ValueError(f"{name}: cached shape {array.shape} != model shape {variable.shape}")
-        # Copy out of the read-only map: a donated buffer must never alias the cache file.
-        variable.set_value(jax.device_put(np.array(array, dtype=param_dtype)))
+        if array.dtype != np.dtype(param_dtype):
+            array = array.astype(param_dtype)
+        # On the CPU the device adopts the aligned buffer (no second copy of the weights).
+        variable.set_value(jax.device_put(array, may_alias=True))
         del array
     return nnx.merge(graphdef, nnx.from_flat_state(flat)), tokenizer
