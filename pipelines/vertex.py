@@ -146,16 +146,20 @@ def make_job(
     """A not-yet-submitted ``aiplatform.PipelineJob`` of the compiled ``template_path``.
 
     ``enable_caching`` None keeps the compiled per-task settings; True/False overrides every
-    task. Raises before any request when the experiment, labels or CMEK region do not fit.
+    task. Raises before any request when the experiment, labels or CMEK region do not fit,
+    or when ``accelerator_type`` asks a pipeline step for a TPU.
     """
     import datetime
     import secrets
 
     from google.cloud import aiplatform
 
+    from pipelines.dag import check_step_accelerator_type
+
     labels = check_labels(labels or {})
     settings.check_region(target.region)
     check_experiment(template_path, parameter_values)
+    check_step_accelerator_type((parameter_values or {}).get("accelerator_type"))
     credentials = _init(target, settings)
     # The SDK's default id has one-second resolution: two submits in a second would collide.
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S")
