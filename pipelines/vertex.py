@@ -204,7 +204,8 @@ def _get_job(target: VertexTarget, run: str):
 
 
 def run_status(target: VertexTarget, run: str) -> dict:
-    """State, times, error and per-task states of a run (resource name or id)."""
+    """State, times, error, labels (e.g. Cloud Build's commit=) and per-task states of a run
+    (resource name or id)."""
     job = _get_job(target, run)
     resource = job.gca_resource
     tasks = [{"task": detail.task_name, "state": detail.state.name}
@@ -218,6 +219,8 @@ def run_status(target: VertexTarget, run: str) -> dict:
             status[field] = value.isoformat()
     if resource.error.message:
         status["error"] = resource.error.message
+    if resource.labels:
+        status["labels"] = dict(resource.labels)
     return status
 
 
