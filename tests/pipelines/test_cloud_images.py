@@ -243,3 +243,39 @@ def test_smoke_scripts_are_shell_commands_cloud_build_can_quote():
     for step in _cloudbuild()["steps"]:
         if step["id"].startswith(("smoke-", "entrypoint-")):
             assert shlex.join(step["args"])  # plain argument lists, no inline shell
+
+
+@pytest.mark.parametrize("training", ["custom_job", "container"])
+def test_cloud_builds_tpu_compile_takes_the_custom_job_path(training, tmp_path, monkeypatch):
+    from calrec_core.cli import build_parser
+    from components import ImageSet
+    from pipelines import load_pipeline_spec
+
+    (template,) = [step for step in _cloudbuild()["steps"] if step["id"] == "template"]
+    script = template["args"][-1].replace("\\\n", " ")
+    (command,) = [line for line in script.splitlines() if "calrec pipeline compile" in line]
+    values = {"${_REGISTRY}": "europe-docker.pkg.dev/acme/calrec", "${COMMIT_SHA}": "c0ffee1",
+              "${_PRESET}": "tiny", "${_ROLES}": "configs/sample.yaml",
+              "${_ACCELERATOR}": "tpu", "${_TRAINING}": training}
+    for key, value in values.items():
+        command = command.replace(key, value)
+    args = shlex.split(command)[1:]
+    output = tmp_path / "calrec-pipeline.yaml"
+    args[args.index("--output") + 1] = str(output)
+    monkeypatch.chdir(REPO)
+    parsed = build_parser().parse_args(args)
+    if training == "container":
+        with pytest.raises(SystemExit, match="pipeline steps get no TPUs") as refused:
+            parsed.handler(parsed)
+        assert "\n" not in str(refused.value) and not output.exists()
+        return
+    assert parsed.handler(parsed) == 0
+    spec = load_pipeline_spec(output)
+    tagged = ImageSet.tagged(values["${_REGISTRY}"], values["${COMMIT_SHA}"])
+    used = {executor["container"]["image"]
+            for executor in spec["deploymentSpec"]["executors"].values()
+            if "container" in executor}
+    # Steps: ingest, CPU (launchers, report), CUDA (evaluation); the TPU image only as the
+    # custom jobs' worker image.
+    assert used == {tagged.ingest, tagged.cpu, tagged.cuda}
+    assert f'"worker_image": "{tagged.tpu}"' in json.dumps(spec)

@@ -26,7 +26,7 @@ DOCKER = REPO / "docker"
 OWN_PINS = runpy.run_path(str(DOCKER / "locks.py"))["OWN_PINS"]
 SUBSTITUTIONS = {"${_REGISTRY}": "europe-docker.pkg.dev/acme/calrec", "${COMMIT_SHA}": "c0ffee1",
                  "${_PRESET}": "paper", "${_ROLES}": "configs/sample.yaml",
-                 "${_ACCELERATOR}": "gpu"}
+                 "${_ACCELERATOR}": "gpu", "${_TRAINING}": "container"}
 
 
 def _lock(name: str) -> dict[str, tuple[str, list[str]]]:
