@@ -214,7 +214,9 @@ def test_accelerator_smoke_lists_backends_or_names_the_missing_plugin(flavour, m
 
 @pytest.mark.xdist_group("smoke_scripts")
 def test_ingest_then_cpu_smoke_tests_pass_outside_docker(tmp_path):
-    env = dict(os.environ, SMOKE_SKIP_BOOT="1",
+    scratch = tmp_path / "scratch"  # the scripts' mktemp folders, removed with tmp_path
+    scratch.mkdir()
+    env = dict(os.environ, SMOKE_SKIP_BOOT="1", TMPDIR=str(scratch),
                PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                                                         os.environ.get("PYTHONPATH")])))
