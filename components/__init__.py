@@ -21,6 +21,8 @@ from components.images import (
     IMAGE_COMPONENTS,
     IMAGE_EXTRAS,
     IMAGE_JAX_EXTRA,
+    STEP_ACCELERATOR,
+    TPU_STEP_REFUSAL,
     ImageSet,
 )
 from components.ingest import ingest
@@ -50,13 +52,16 @@ def make_components(images: ImageSet | None = None, accelerator: str = "cpu",
                     training: str = "container") -> Components:
     """Components on ``images``; training and evaluation use the ``accelerator`` image, except
     that ``training="custom_job"`` launches training from the CPU image (the job's workers
-    run the ``accelerator`` image)."""
+    run the ``accelerator`` image), and that on "tpu" evaluation runs on the CUDA image
+    (pipeline steps get no TPUs: STEP_ACCELERATOR) and training must be a custom job."""
     from kfp import dsl
 
     if training not in TRAINING_MODES:
         raise ValueError(f"unknown training {training!r}; choose one of {list(TRAINING_MODES)}")
     images = images or ImageSet()
-    heavy_image = images.for_accelerator(accelerator)
+    heavy_image = images.for_step(accelerator)
+    if training == "container" and STEP_ACCELERATOR[accelerator] != accelerator:
+        raise ValueError(TPU_STEP_REFUSAL)
 
     def on(image: str, function):
         return dsl.component(function, base_image=image, install_kfp_package=False)
@@ -81,6 +86,8 @@ __all__ = [
     "IMAGE_COMPONENTS",
     "IMAGE_EXTRAS",
     "IMAGE_JAX_EXTRA",
+    "STEP_ACCELERATOR",
+    "TPU_STEP_REFUSAL",
     "TRAINING_MODES",
     "Components",
     "ImageSet",

@@ -40,6 +40,15 @@ CLIENT_LOCK_EXTRAS = ("pipelines",)
 
 # Which image runs the heavy steps (training, generation) for each accelerator choice.
 ACCELERATOR_IMAGE = {"cpu": "calrec", "gpu": "calrec-cuda", "tpu": "calrec-tpu"}
+# The accelerator a pipeline step (evaluation, container training) gets for each choice.
+# Vertex AI Pipelines gives a step CPUs, memory and GPUs ("Specify the machine configuration
+# for a pipeline step"), never a TPU: TPUs come with custom jobs only, so a "tpu" build trains
+# on TPU custom jobs (components.custom_job) and evaluates in a GPU step.
+STEP_ACCELERATOR = {"cpu": "cpu", "gpu": "gpu", "tpu": "gpu"}
+# Why a "tpu" build cannot train in its own pipeline step (one line, at compile time).
+TPU_STEP_REFUSAL = ("Vertex AI pipeline steps get no TPUs (CPUs, memory and GPUs only): TPU "
+                    "training runs as a Vertex AI custom job, compile with --training "
+                    "custom_job (training=\"custom_job\")")
 
 CALREC_INGEST_IMAGE = os.environ.get("CALREC_INGEST_IMAGE",
                                      f"{DEFAULT_REGISTRY}/calrec-ingest:latest")
@@ -72,8 +81,15 @@ class ImageSet:
             )
         return {"cpu": self.cpu, "gpu": self.cuda, "tpu": self.tpu}[accelerator]
 
+    def for_step(self, accelerator: str) -> str:
+        """The image of a build's accelerated pipeline steps (STEP_ACCELERATOR: the CUDA image
+        for a TPU build, whose TPUs only its custom jobs get)."""
+        self.for_accelerator(accelerator)  # the one-line refusal of an unknown accelerator
+        return self.for_accelerator(STEP_ACCELERATOR[accelerator])
+
     def placeholders(self, accelerator: str) -> list[str]:
         """The images a build on ``accelerator`` would use that still name the placeholder
         project (nobody can pull them)."""
-        used = (self.ingest, self.cpu, self.for_accelerator(accelerator))
+        used = (self.ingest, self.cpu, self.for_accelerator(accelerator),
+                self.for_step(accelerator))
         return sorted({image for image in used if PLACEHOLDER_PROJECT in image})

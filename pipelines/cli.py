@@ -308,7 +308,9 @@ def register(subparsers) -> None:
     _add_build_arguments(compile_)
     compile_.add_argument("--output", required=True, help="pipeline spec path (.yaml)")
     compile_.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu", "tpu"),
-                          help="devices (and image) of the training and evaluation steps")
+                          help="devices (and image) of the training and evaluation steps; "
+                               "tpu needs --training custom_job (pipeline steps get no TPUs: "
+                               "a tpu build evaluates on a GPU step)")
     compile_.add_argument("--training", default="container", choices=("container", "custom_job"),
                           help="container: each training step trains in its own task (one "
                                "host); custom_job: it launches a Vertex AI custom job on the "

@@ -21,16 +21,17 @@ from kfp.dsl import HTML, Markdown
 
 from calrec_core.experiment import ExperimentConfig
 from calrec_core.experiment.steps import as_parameter
-from components import TRAINING_MODES, ImageSet, make_components
+from components import STEP_ACCELERATOR, TRAINING_MODES, ImageSet, make_components
 from components.runtime import LOCATION_PLACEHOLDER, PROJECT_PLACEHOLDER
 
 PIPELINE_NAME = "calrec"
-# Default accelerator per accelerator family, for Vertex AI's machine spec.
-DEFAULT_ACCELERATOR_TYPE = {"cpu": "", "gpu": "NVIDIA_L4", "tpu": "TPU_V5_LITEPOD"}
-# CPU and memory of the training and evaluation steps per accelerator family (Vertex AI runs
-# each step on the smallest machine type with these and the accelerators): n2-standard-8,
-# g2-standard-8 (one L4), ct5lp-hightpu-1t (one v5e chip).
-DEFAULT_HEAVY_RESOURCES = {"cpu": ("8", "32G"), "gpu": ("8", "32G"), "tpu": ("24", "48G")}
+# Default accelerator of the accelerated pipeline steps per step accelerator family
+# (components.STEP_ACCELERATOR: a "tpu" build's steps run on GPUs, its training jobs on TPUs).
+DEFAULT_ACCELERATOR_TYPE = {"cpu": "", "gpu": "NVIDIA_L4"}
+# CPU and memory of the training and evaluation steps per step accelerator family (Vertex AI
+# runs each step on the smallest machine type with these and the accelerators):
+# n2-standard-8, g2-standard-8 (one L4).
+DEFAULT_HEAVY_RESOURCES = {"cpu": ("8", "32G"), "gpu": ("8", "32G")}
 # The same for the raw-data version and ingest steps (DirectRunner works in the container).
 DEFAULT_INGEST_RESOURCES = ("4", "16G")
 # Custom-job training: the launcher task's CPU and memory (it waits, then copies the export).
@@ -80,6 +81,17 @@ def _check_categories(categories: Sequence[str], experiment: ExperimentConfig) -
         raise ValueError(f"categories {wrong} do not have role 'eval' in the roles "
                          f"{list(experiment.eval_categories)}")
     return categories
+
+
+def check_step_accelerator_type(accelerator_type) -> None:
+    """Refuses a TPU for the pipeline's accelerated steps (the ``accelerator_type``
+    parameter): Vertex AI Pipelines gives steps GPUs only; TPUs go to the custom jobs'
+    ``training_machine_type``."""
+    if str(accelerator_type or "").upper().startswith("TPU_"):
+        raise ValueError(f"accelerator_type {accelerator_type} asks a pipeline step for a TPU, "
+                         "which Vertex AI Pipelines does not offer: give the evaluation step a "
+                         "GPU (e.g. NVIDIA_L4) and train on TPUs with --training custom_job "
+                         "and training_machine_type (e.g. ct5lp-hightpu-4t)")
 
 
 def _training_parameters(accelerator: str) -> list[inspect.Parameter]:
@@ -135,7 +147,9 @@ def build_pipeline(
     ``categories`` (default: every eval category of the experiment's roles; each must have
     role 'eval') get one Stage II and evaluation each; ``accelerator`` (cpu, gpu, tpu) picks
     the image of the training and evaluation steps, and on gpu/tpu the
-    ``accelerator_type``/``accelerator_count`` parameters request the devices on Vertex AI;
+    ``accelerator_type``/``accelerator_count`` parameters request the devices on Vertex AI
+    (GPUs: a "tpu" build trains on TPU custom jobs only, refused with
+    ``training="container"``, and evaluates on a GPU step; components.STEP_ACCELERATOR);
     ``retries`` is how often a failed training or evaluation attempt is retried (with
     back-off; training resumes from its run-scoped checkpoints). ``training="custom_job"``
     runs each training step as a Vertex AI custom job on the ``training_*`` parameters'
@@ -153,8 +167,9 @@ def build_pipeline(
     steps = make_components(images, accelerator, training)
     on_custom_job = training == "custom_job"
     default_experiment = as_parameter(experiment)
-    on_accelerator = accelerator != "cpu"
-    heavy_cpu, heavy_memory = DEFAULT_HEAVY_RESOURCES[accelerator]
+    step_accelerator = STEP_ACCELERATOR[accelerator]
+    on_accelerator = step_accelerator != "cpu"
+    heavy_cpu, heavy_memory = DEFAULT_HEAVY_RESOURCES[step_accelerator]
 
     def resources(task, cpu, memory):
         return (task.set_cpu_request(cpu).set_cpu_limit(cpu)
@@ -203,7 +218,7 @@ def build_pipeline(
         memory_limit: str = heavy_memory,
         ingest_cpu_limit: str = DEFAULT_INGEST_RESOURCES[0],
         ingest_memory_limit: str = DEFAULT_INGEST_RESOURCES[1],
-        accelerator_type: str = DEFAULT_ACCELERATOR_TYPE[accelerator],
+        accelerator_type: str = DEFAULT_ACCELERATOR_TYPE[step_accelerator],
         accelerator_count: int = 1 if on_accelerator else 0,
         **custom_job_parameters,  # training="custom_job": _training_parameters
     ) -> PipelineOutputs:

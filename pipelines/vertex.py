@@ -146,16 +146,20 @@ def make_job(
     """A not-yet-submitted ``aiplatform.PipelineJob`` of the compiled ``template_path``.
 
     ``enable_caching`` None keeps the compiled per-task settings; True/False overrides every
-    task. Raises before any request when the experiment, labels or CMEK region do not fit.
+    task. Raises before any request when the experiment, labels or CMEK region do not fit,
+    or when ``accelerator_type`` asks a pipeline step for a TPU.
     """
     import datetime
     import secrets
 
     from google.cloud import aiplatform
 
+    from pipelines.dag import check_step_accelerator_type
+
     labels = check_labels(labels or {})
     settings.check_region(target.region)
     check_experiment(template_path, parameter_values)
+    check_step_accelerator_type((parameter_values or {}).get("accelerator_type"))
     credentials = _init(target, settings)
     # The SDK's default id has one-second resolution: two submits in a second would collide.
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S")
@@ -200,7 +204,8 @@ def _get_job(target: VertexTarget, run: str):
 
 
 def run_status(target: VertexTarget, run: str) -> dict:
-    """State, times, error and per-task states of a run (resource name or id)."""
+    """State, times, error, labels (e.g. Cloud Build's commit=) and per-task states of a run
+    (resource name or id)."""
     job = _get_job(target, run)
     resource = job.gca_resource
     tasks = [{"task": detail.task_name, "state": detail.state.name}
@@ -214,6 +219,8 @@ def run_status(target: VertexTarget, run: str) -> dict:
             status[field] = value.isoformat()
     if resource.error.message:
         status["error"] = resource.error.message
+    if resource.labels:
+        status["labels"] = dict(resource.labels)
     return status
 
 

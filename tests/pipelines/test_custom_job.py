@@ -335,19 +335,23 @@ def test_custom_job_training_launches_from_the_cpu_image_with_run_time_machines(
     launcher = spec["components"][tasks["train-stage1"]["componentRef"]["name"]]
     assert launcher["outputDefinitions"]["parameters"]["gcp_resources"][
         "parameterType"] == "STRING"
-    # Evaluation still runs in its container, on the TPU image with its devices.
+    # Evaluation runs in its container step, on the CUDA image with the parameter's GPU
+    # (pipeline steps get no TPUs).
     evaluate = _executor(spec, tasks["evaluate"])
-    assert evaluate["image"] == IMAGES.tpu
+    assert evaluate["image"] == IMAGES.cuda
     assert evaluate["resources"]["accelerator"]["resourceType"] == (
         "{{$.inputs.parameters['pipelinechannel--accelerator_type']}}")
+    assert parameters["accelerator_type"]["defaultValue"] == "NVIDIA_L4"
 
 
 def test_the_container_build_has_no_custom_job_parameters(tmp_path, experiment):
-    options = BuildOptions(experiment=experiment, images=IMAGES, accelerator="tpu")
+    options = BuildOptions(experiment=experiment, images=IMAGES, accelerator="gpu")
     spec = load_pipeline_spec(compile_pipeline(options, tmp_path / "calrec.yaml"))
     assert not [name for name in spec["root"]["inputDefinitions"]["parameters"]
                 if name.startswith("training_")]
-    assert _executor(spec, _tasks(spec)["train-stage1"])["image"] == IMAGES.tpu
+    assert _executor(spec, _tasks(spec)["train-stage1"])["image"] == IMAGES.cuda
+    with pytest.raises(ValueError, match="pipeline steps get no TPUs"):
+        BuildOptions(experiment=experiment, images=IMAGES, accelerator="tpu").build()
     with pytest.raises(ValueError, match="unknown training 'gke'"):
         BuildOptions(experiment=experiment, images=IMAGES, training="gke").build()
 
@@ -371,6 +375,12 @@ def test_submitting_the_custom_job_pipeline_is_accepted(vertex_standin, custom_j
     with pytest.raises(ValueError, match="training_hosts is not found"):
         submit_pipeline(target, settings, custom_job_template,
                         parameter_values={**values, "training_hosts": 4})
+    # A TPU for the evaluation step is refused before any request.
+    before = len(standin.find("POST", "/pipelineJobs"))
+    with pytest.raises(ValueError, match="asks a pipeline step for a TPU"):
+        submit_pipeline(target, settings, custom_job_template,
+                        parameter_values={**values, "accelerator_type": "TPU_V5_LITEPOD"})
+    assert len(standin.find("POST", "/pipelineJobs")) == before
 
 
 def test_compile_cli_takes_the_training_choice(tmp_path, monkeypatch):

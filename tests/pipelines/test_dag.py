@@ -195,8 +195,7 @@ def test_cpu_build_places_steps_on_their_images_with_parameterised_resources(tmp
 
 
 @pytest.mark.parametrize(("accelerator", "image", "device", "cpu"),
-                         [("gpu", IMAGES.cuda, "NVIDIA_L4", "8"),
-                          ("tpu", IMAGES.tpu, "TPU_V5_LITEPOD", "24")])
+                         [("gpu", IMAGES.cuda, "NVIDIA_L4", "8")])
 def test_accelerator_builds_place_training_and_evaluation_on_parameterised_devices(
         tmp_path, roles, accelerator, image, device, cpu):
     spec = _compile(tmp_path, roles, preset="paper", accelerator=accelerator)
@@ -242,3 +241,32 @@ def test_bad_category_choices_are_refused_with_a_clear_error(roles):
         build_pipeline(experiment, retries=-1)
     with pytest.raises(ValueError, match="accelerator"):
         build_pipeline(experiment, accelerator="fpga")
+
+
+def test_a_tpu_build_trains_only_on_custom_jobs_and_evaluates_on_a_gpu_step(tmp_path, roles):
+    """Vertex AI Pipelines offers steps GPUs, no TPUs: refused at compile time in one line."""
+    experiment = _experiment("tiny", roles)
+    with pytest.raises(ValueError) as refused:
+        build_pipeline(experiment, accelerator="tpu")
+    message = str(refused.value)
+    assert "\n" not in message and "pipeline steps get no TPUs" in message
+    assert "--training custom_job" in message
+    spec = _compile(tmp_path, roles, accelerator="tpu", training="custom_job")
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["accelerator_type"]["defaultValue"] == "NVIDIA_L4"
+    assert parameters["training_machine_type"]["defaultValue"] == "ct5lp-hightpu-4t"
+    for name, task in _tasks(spec).items():
+        if "componentRef" not in task or name in ("categories", "raw-data"):
+            continue
+        container = _executor(spec, task)["container"]
+        if name == "evaluate":
+            assert container["image"] == IMAGES.cuda
+        else:
+            assert container["image"] != IMAGES.tpu, name  # only the jobs' workers run it
+    assert "TPU_" not in json.dumps(spec["deploymentSpec"])
+    # The run-time parameter cannot bring a TPU back to a step either.
+    from pipelines.dag import check_step_accelerator_type
+
+    check_step_accelerator_type("NVIDIA_L4")
+    with pytest.raises(ValueError, match="asks a pipeline step for a TPU"):
+        check_step_accelerator_type("TPU_V5_LITEPOD")

@@ -27,7 +27,7 @@ OWN_PINS = runpy.run_path(str(DOCKER / "locks.py"))["OWN_PINS"]
 read_pins = runpy.run_path(str(DOCKER / "pins.py"))["read_pins"]
 SUBSTITUTIONS = {"${_REGISTRY}": "europe-docker.pkg.dev/acme/calrec", "${COMMIT_SHA}": "c0ffee1",
                  "${_PRESET}": "paper", "${_ROLES}": "configs/sample.yaml",
-                 "${_ACCELERATOR}": "gpu"}
+                 "${_ACCELERATOR}": "gpu", "${_TRAINING}": "container"}
 
 
 def _lock(name: str) -> dict[str, tuple[str, list[str]]]:
@@ -71,9 +71,13 @@ def test_each_dockerfile_installs_its_lock_before_the_source_as_a_numeric_user(i
     lock_install = next(index for index, line in enumerate(lines) if "--require-hashes" in line)
     assert lock_install < first_source, "dependencies must be installed before the source"
     assert not any(line.startswith("COPY . ") for line in lines)
-    # Numeric, non-root, set after the installs and before anything runs as the user.
+    # Numeric, set after the installs and before anything runs as the user: non-root, but
+    # root in the ingest image, whose Dataflow workers need it (test_cloud_images.py).
     (user,) = [line for line in lines if line.startswith("USER ")]
-    assert re.fullmatch(r"USER [1-9][0-9]*:[1-9][0-9]*", user)
+    if image == "calrec-ingest":
+        assert user == "USER 0:0"
+    else:
+        assert re.fullmatch(r"USER [1-9][0-9]*:[1-9][0-9]*", user)
     assert lines.index(user) > max(i for i, line in enumerate(lines) if "pip install" in line)
     if "gemma.assemble()" in text:
         assert text.index(user) < text.index("gemma.assemble()")
@@ -146,15 +150,12 @@ def test_cloud_build_builds_smoke_tests_then_pushes_every_image_at_the_commit():
                 for image in IMAGE_EXTRAS}
     assert built == expected
     assert set(build["images"]) == set(expected)
-    for image, modules in IMAGE_COMPONENTS.items():
+    for image in IMAGE_COMPONENTS:
+        # Each smoke step runs inside its image (what it runs: test_cloud_images.py).
         smoke = steps[f"smoke-{image}"]
-        assert smoke["waitFor"] == [f"build-{image}"]
-        assert smoke["args"][:3] == ["run", "--rm", f"${{_REGISTRY}}/{image}:${{COMMIT_SHA}}"]
-        script = smoke["args"][-1]
-        imported = re.search(r"python -c 'import ([^']+)'", script).group(1)
-        assert sorted(part.strip() for part in imported.split(",")) == sorted(modules)
-        assert script.endswith("calrec --help")
-    assert set(steps["push"]["waitFor"]) == {f"smoke-{image}" for image in IMAGE_EXTRAS}
+        assert f"build-{image}" in smoke["waitFor"]
+        assert smoke["name"] == f"${{_REGISTRY}}/{image}:${{COMMIT_SHA}}"
+        assert f"smoke-{image}" in steps["push"]["waitFor"]
     assert "${_REGISTRY}/$${image}:${COMMIT_SHA}" in steps["push"]["args"][-1]
     template = steps["template"]["args"][-1]
     assert "--require-hashes" in template and "docker/locks/pipelines-client.txt" in template

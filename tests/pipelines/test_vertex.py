@@ -239,12 +239,14 @@ def test_status_and_cancel_take_a_run_id_and_only_the_location(
     standin, endpoint = vertex_standin
     standin.job_states = ["PIPELINE_STATE_RUNNING"]
     name = submit_pipeline(_target(endpoint, adc), SETTINGS, template,
-                           parameter_values={"raw_data_uri": RAW})
+                           parameter_values={"raw_data_uri": RAW},
+                           labels={"commit": "c0ffee1"})
     job_id = name.rsplit("/", 1)[-1]
     capsys.readouterr()
     assert main(["pipeline", "status", job_id, *_location(endpoint)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "PIPELINE_STATE_RUNNING" and status["name"] == name
+    assert status["labels"]["commit"] == "c0ffee1"  # what Cloud Build's run is labelled with
     assert {"task": "ingest", "state": "SUCCEEDED"} in status["tasks"]
     assert status["console"].endswith(f"/runs/{job_id}?project=test-project")
     assert main(["pipeline", "cancel", name, *_location(endpoint)]) == 0
