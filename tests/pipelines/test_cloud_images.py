@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -25,16 +26,10 @@ BOOT = "/opt/apache/beam/boot"
 
 
 def pinned_version(package: str) -> str:
-    """``package``'s version in the one pinned set (./constraints.txt; docker/constraints.txt
-    where the checkout still keeps it there)."""
-    for path in (REPO / "constraints.txt", DOCKER / "constraints.txt"):
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                name, _, version = line.split("#", 1)[0].strip().partition("==")
-                if version and canonicalize_name(name) == canonicalize_name(package):
-                    return version.strip()
-            raise AssertionError(f"{package} is not pinned in {path.relative_to(REPO)}")
-    raise AssertionError("no constraints.txt in the checkout")
+    """``package``'s version in the one pinned set (constraints.txt)."""
+    pins = runpy.run_path(str(DOCKER / "pins.py"))["read_pins"]()
+    assert canonicalize_name(package) in pins, f"{package} is not pinned in constraints.txt"
+    return pins[canonicalize_name(package)]
 
 
 def locked_version(lock: str, package: str) -> str:
