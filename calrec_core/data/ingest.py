@@ -63,15 +63,15 @@ def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str
         output_dir, sources)
 
 
-def _remove_previous_outputs(output_dir: str, sources) -> None:
-    """Deletes files an earlier ingest left here, so no stale shard mixes with new ones."""
+def _remove_previous_outputs(output_dir: str) -> None:
+    """Deletes files an earlier ingest left here, of every category (not only this run's), so
+    the folder ends with exactly this run's categories and no stale shard mixes with new ones."""
     from apache_beam.io.filesystems import FileSystems
 
     patterns = [FileSystems.join(output_dir, name) for name in (STATS_FILE, MIXTURE_FILE)]
     patterns.append(FileSystems.join(output_dir, "dead_letter", "*.jsonl"))
-    for source in sources:
-        patterns.append(FileSystems.join(output_dir, source.name, "*-of-*.tfrecord"))
-        patterns.append(FileSystems.join(output_dir, source.name, CORPUS_FILE))
+    patterns.append(FileSystems.join(output_dir, "*", "*-of-*.tfrecord"))
+    patterns.append(FileSystems.join(output_dir, "*", CORPUS_FILE))
     paths = [
         metadata.path
         for result in FileSystems.match(patterns)
@@ -214,7 +214,7 @@ def run_ingest(
     _check_output_dir(output_dir)
     marker = FileSystems.join(output_dir, INCOMPLETE_FILE)
     _write_text(marker, "calrec ingest started here and has not finished\n")
-    _remove_previous_outputs(output_dir, sources)
+    _remove_previous_outputs(output_dir)
     try:
         # Leaving the block waits for the run to finish (on Dataflow, for the job's end state).
         with beam.Pipeline(options=options) as pipeline:

@@ -72,3 +72,37 @@ def test_bad_lines_anywhere_are_counted_dead_letters_and_the_ingest_finishes(
     corpus = load_corpus(output, "Cat").set_index("asin")
     assert corpus.loc["B1", "title"] == "One" and corpus.loc["B2", "title"] == "Deep"
     assert {ex["user_id"] for ex in read_examples(output, "Cat", "test")} == {"U1", "U2"}
+
+
+def test_a_reingest_leaves_exactly_its_own_categories_readable(raw_dir, raw, tmp_path, capsys):
+    import shutil
+
+    from calrec_core import cli
+    from calrec_core.errors import CalrecError
+
+    for name in ("A", "B"):
+        raw.write_lines(raw_dir / f"{name}_5.json.gz",
+                        [raw.review(f"{name}{u}", f"I{i}", 10 + i)
+                         for u in range(3) for i in range(3)])
+    both = raw.write_config(tmp_path / "both.yaml", {"A": {"role": "eval"},
+                                                     "B": {"role": "eval"}})
+    only_a = raw.write_config(tmp_path / "a.yaml", {"A": {"role": "eval"}})
+    output = tmp_path / "out"
+    run_ingest(raw_dir, both, output)
+    kept_b = tmp_path / "old_B"
+    shutil.copytree(output / "B", kept_b)
+    assert len(read_examples(output, "B", "test")) == 3
+
+    run_ingest(raw_dir, only_a, output)
+    assert not list((output / "B").glob("*.tfrecord"))
+    assert not (output / "B" / "corpus.parquet").exists()
+    assert len(read_examples(output, "A", "test")) == 3
+    # Even with B's old files put back, B is not this folder's data: stats.json does not list it.
+    shutil.copytree(kept_b, output / "B", dirs_exist_ok=True)
+    for read in (lambda: read_examples(output, "B", "test"), lambda: load_corpus(output, "B")):
+        with pytest.raises(CalrecError, match=r"no category 'B': its last ingest produced \['A'\]"):
+            read()
+    code = cli.main(["evaluate", "--data", str(output), "--category", "B", "--methods", "lir",
+                     "--preset", "tiny", "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "no category 'B'" in err, err
