@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from calrec_core.data.config import RolesConfig, load_roles_config
 from calrec_core.data.reader import CORPUS_FILE, INCOMPLETE_FILE, MIXTURE_FILE, STATS_FILE
 from calrec_core.errors import CalrecError, InputError
+from calrec_core.folder_lock import locks_folder
 
 # The ingest image the Dataflow workers start from when --sdk_container_image is not given.
 WORKER_IMAGE_ENV = "CALREC_INGEST_IMAGE"
@@ -186,6 +187,7 @@ def _empty_message(stats: dict, names: list[str]) -> str:
             + "; see dead_letter/ in the output, or pass --allow-empty-categories")
 
 
+@locks_folder("output_dir", "ingest")
 def run_ingest(
     input_dir, config_path, output_dir, beam_args: Sequence[str] = (), config=None,
     allow_empty_categories: bool = False,
