@@ -2,9 +2,10 @@
 
 Two runs writing one folder interleave their files (a metrics log with every record twice, an
 export of one run beside the other's checkpoints), so the second is refused in one line while
-the first runs. The lock is ``flock`` on ``<folder>/.calrec.lock``: the kernel releases it when
-its process ends, however it ends, so a killed run never leaves the folder locked; the file
-only says who held it last. A process may lock a folder it already holds (nested calls).
+the first runs. The lock is ``flock`` on ``<folder>/.calrec.lock``, which says who holds it and
+is removed when the run ends: the kernel releases the lock when its process ends, however it
+ends, so a killed run never leaves the folder locked (only, at most, the unlocked file). A
+process may lock a folder it already holds (nested calls).
 Cloud Storage has no such lock: a ``gs://`` folder is not locked (one writer is the caller's
 job there, e.g. one pipeline step per folder).
 """
@@ -55,16 +56,9 @@ def folder_lock(folder, what: str, enabled: bool = True) -> Iterator[None]:
         return
     _check_folder(directory)
     os.makedirs(directory, exist_ok=True)
-    descriptor = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = os.path.join(directory, LOCK_FILE)
+    descriptor = _acquire(lock_path, directory)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.read(descriptor, 200).decode("utf-8", "replace").strip() or "unknown"
-            raise FolderInUseError(f"{directory} is in use by another calrec run ({holder}); "
-                                   "wait for it to end or use another folder") from None
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"calrec {what}, pid {os.getpid()} on {socket.gethostname()}\n"
                  .encode())
@@ -73,8 +67,33 @@ def folder_lock(folder, what: str, enabled: bool = True) -> Iterator[None]:
             yield
         finally:
             _held.discard(directory)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)  # while still locked: see _acquire
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _acquire(lock_path: str, directory: str) -> int:
+    """An open, flock-ed descriptor of the lock file that is still the one at ``lock_path``
+    (a holder removes it on release; a lock won on a removed file would guard nothing)."""
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(descriptor, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(descriptor)
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise FolderInUseError(f"{directory} is in use by another calrec run ({holder}); "
+                                   "wait for it to end or use another folder") from None
+        try:
+            same = os.path.samestat(os.fstat(descriptor), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)
 
 
 def locks_folder(parameter: str, what: str):

@@ -91,17 +91,19 @@ def _holder_refused(folder: pathlib.Path) -> str:
                           env=env, check=True).stdout
 
 
-def test_the_lock_refuses_in_process_too(tmp_path):
+def test_the_lock_refuses_in_process_too_and_leaves_no_file(tmp_path):
     # flock belongs to an open file, so another descriptor stands in for another process.
     import fcntl
 
     folder = tmp_path / "f"
     with folder_lock(folder, "first"):
-        pass
-    descriptor = os.open(folder / ".calrec.lock", os.O_RDWR)
+        assert "calrec first, pid" in (folder / ".calrec.lock").read_text()
+    assert list(folder.iterdir()) == []  # released: nothing left in the output folder
+    descriptor = os.open(folder / ".calrec.lock", os.O_RDWR | os.O_CREAT)
+    os.write(descriptor, b"calrec other, pid 1 on elsewhere\n")
     fcntl.flock(descriptor, fcntl.LOCK_EX)
     try:
-        with pytest.raises(FolderInUseError, match="calrec first, pid"), \
+        with pytest.raises(FolderInUseError, match="calrec other, pid 1 on elsewhere"), \
                 folder_lock(folder, "second"):
             pass
     finally:
