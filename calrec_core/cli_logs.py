@@ -29,6 +29,8 @@ OWN_LOGGERS = ("calrec_core", "components", "pipelines", "__main__")
 # Messages that say nothing to a calrec user.
 NOISE = ("apitools not found, and bigquery client libraries are not available",)
 FORMAT = "%(levelname)s:%(name)s:%(message)s"  # logging.basicConfig's
+# At most this many records are held; beyond it they are written (a long run's memory).
+MAX_HELD = 1000
 
 
 def _own(record: logging.LogRecord) -> bool:
@@ -50,6 +52,8 @@ class HeldLogs(logging.Handler):
             if record.levelno >= logging.WARNING and not any(
                     noise in record.getMessage() for noise in NOISE):
                 self._held.append(record)
+                if len(self._held) > MAX_HELD:
+                    self.show_held()
             return
         self._write(record)
 

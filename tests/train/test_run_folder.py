@@ -4,6 +4,7 @@ killed one leaves no lock behind), and a resume that refuses any change to what 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -126,3 +127,15 @@ def test_a_resume_refuses_any_change_to_what_it_computes(ingested_sample, tmp_pa
     result = run_stage1(ingested_sample, run, dataclasses.replace(
         config, stage1_steps=6, log_every=2, checkpoint_every=6))
     assert [entry["step"] for entry in result.history] == [3, 6]
+
+
+def test_a_resume_drops_the_records_two_runs_once_wrote_twice(tmp_path):
+    from calrec_core.train.metrics import METRICS_FILE, MetricsLog, read_metrics
+
+    records = [{"kind": kind, "step": step, "loss": 1.0 / step} for step in (1, 2, 3)
+               for kind in ("train", "eval")]
+    doubled = [record for record in records for _ in range(2)]  # two runs, one folder
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in doubled))
+    log = MetricsLog(tmp_path, resume_step=2, tensorboard=False)
+    log.close()
+    assert read_metrics(tmp_path / METRICS_FILE) == [r for r in records if r["step"] <= 2]
