@@ -87,7 +87,7 @@ def test_random_kills_leave_every_folder_complete_or_refused(tmp_path, capsys, s
     data = tmp_path / "data"
     ingest = ["ingest", "--data", str(raw), "--roles", str(roles), "--output", str(data)]
     for _ in range(2):
-        _kill_at_random(ingest, rng, longest=10.0)
+        _kill_at_random(ingest, rng, longest=6.0)
         if _complete_or_refused(capsys, ["stats", str(data)]):  # killed after its end
             assert json.loads((data / "stats.json").read_text()) == json.loads(
                 (reference / "stats.json").read_text())
@@ -106,7 +106,7 @@ def test_random_kills_leave_every_folder_complete_or_refused(tmp_path, capsys, s
         for err in refused), results
     expected = json.loads((evaluation / "metrics.json").read_text())["methods"]
     for _ in range(2):
-        _kill_at_random(evaluate, rng, longest=8.0)
+        _kill_at_random(evaluate, rng, longest=6.0)
         assert _complete_or_refused(capsys, evaluate)
         assert json.loads((evaluation / "metrics.json").read_text())["methods"] == expected
 
@@ -119,7 +119,7 @@ def test_random_kills_leave_every_folder_complete_or_refused(tmp_path, capsys, s
              str(data), "--output", str(run), "--preset", "tiny",
              "--set", "train.stage2_steps=3", "--set", "train.eval_every=1",
              "--set", "train.checkpoint_every=1"]
-    _kill_at_random(train, rng, longest=40.0)
+    _kill_at_random(train, rng, longest=25.0)
     if (run / "selected").exists() or (run / ".selected.partial").exists():
         assert read_model_info(run / "selected")["step"] in (1, 2, 3)
     assert _complete_or_refused(capsys, train)
