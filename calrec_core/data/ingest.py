@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from calrec_core.data.config import RolesConfig, load_roles_config
 from calrec_core.data.reader import CORPUS_FILE, INCOMPLETE_FILE, MIXTURE_FILE, STATS_FILE
 from calrec_core.errors import CalrecError, InputError
-from calrec_core.folder_lock import locks_folder
+from calrec_core.folder_lock import folder_lock
 
 # The ingest image the Dataflow workers start from when --sdk_container_image is not given.
 WORKER_IMAGE_ENV = "CALREC_INGEST_IMAGE"
@@ -187,7 +187,6 @@ def _empty_message(stats: dict, names: list[str]) -> str:
             + "; see dead_letter/ in the output, or pass --allow-empty-categories")
 
 
-@locks_folder("output_dir", "ingest")
 def run_ingest(
     input_dir, config_path, output_dir, beam_args: Sequence[str] = (), config=None,
     allow_empty_categories: bool = False,
@@ -198,9 +197,7 @@ def run_ingest(
     ``CalrecError`` for an unreadable input file or (unless ``allow_empty_categories``) a
     category left without users; the output then stays marked incomplete.
     """
-    import json
 
-    import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -214,6 +211,19 @@ def run_ingest(
     FileSystems.set_options(options)
     sources = resolve_sources(input_dir, config)
     _check_output_dir(output_dir)
+    # One ingest per folder; taken after the checks above, which leave no folder behind.
+    with folder_lock(output_dir, "ingest"):
+        return _ingest_into(output_dir, sources, config, options, allow_empty_categories)
+
+
+def _ingest_into(output_dir: str, sources, config: RolesConfig, options,
+                 allow_empty_categories: bool) -> dict:
+    """run_ingest's work once its inputs are checked and it holds ``output_dir``."""
+    import json
+
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+
     marker = FileSystems.join(output_dir, INCOMPLETE_FILE)
     _write_text(marker, "calrec ingest started here and has not finished\n")
     _remove_previous_outputs(output_dir)
