@@ -66,7 +66,7 @@ def error_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with command_logs(hold=not args.traceback) as logs:
+    with command_logs(hold=not args.traceback, command=args.command) as logs:
         try:
             code = int(args.handler(args) or 0)
         except EXPECTED_ERRORS as error:

@@ -8,10 +8,11 @@ expected error (which the command reports in one line). Known noise is always dr
 Records of calrec's own packages are written at once. ``--traceback`` writes everything at
 once (nothing held, nothing dropped).
 
-What bypasses Python's logging is held the same way when the command owns the real stderr:
-file descriptor 2, which child processes (Beam's multi-process workers log their own stacks)
-and native libraries write to, goes to a temporary file, while Python's ``sys.stderr`` (calrec's
-messages, progress bars) keeps writing to the terminal at once.
+For ``calrec ingest``, what bypasses Python's logging is held the same way when the command
+owns the real stderr: file descriptor 2, which child processes (Beam's multi-process workers
+log their own stacks) and native libraries write to, goes to a temporary file, while Python's
+``sys.stderr`` (calrec's messages) keeps writing to the terminal at once. Other commands leave
+it alone: their child processes (a local pipeline's steps) report progress there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ OWN_LOGGERS = ("calrec_core", "components", "pipelines", "__main__")
 # Messages that say nothing to a calrec user.
 NOISE = ("apitools not found, and bigquery client libraries are not available",)
 FORMAT = "%(levelname)s:%(name)s:%(message)s"  # logging.basicConfig's
+# Commands whose file descriptor 2 is held (see above).
+HOLD_DESCRIPTOR_COMMANDS = ("ingest",)
 # At most this many records are held; beyond it they are written (a long run's memory).
 MAX_HELD = 1000
 
@@ -126,13 +129,13 @@ class CommandLogs:
 
 
 @contextlib.contextmanager
-def command_logs(hold: bool) -> Iterator[CommandLogs]:
+def command_logs(hold: bool, command: str = "") -> Iterator[CommandLogs]:
     """Holds third-party output back for one command (see the module doc); what is still held
     is written out when the block ends, unless ``drop()`` was called. With a handler on the
     root logger, a library's first ``logging.warning`` no longer installs its own."""
     handler = HeldLogs(hold)
     root = logging.getLogger()
-    with _held_descriptor(hold) as dropped:
+    with _held_descriptor(hold and command in HOLD_DESCRIPTOR_COMMANDS) as dropped:
         root.addHandler(handler)
         try:
             yield CommandLogs(handler, dropped)
