@@ -6,7 +6,9 @@ heavy dependencies (JAX, Beam, KFP) lazily, inside the handler.
 
 Errors are handled here, once: an expected failure (``CalrecError``, a bad value, a missing or
 unreadable file) becomes one line on stderr and exit status 1; ``--traceback`` shows the
-traceback instead, for debugging.
+traceback instead, for debugging. Other libraries' log records are held back while a command
+runs and dropped on an expected failure (``calrec_core.cli_logs``), so a library's own report
+of the same error (Beam logs a failing step's stack) does not bury the one line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import importlib
 import sys
 
+from calrec_core.cli_logs import command_logs
 from calrec_core.errors import CalrecError
 
 # Modules that define ``register(subparsers)``; missing optional extras are reported
@@ -63,13 +66,18 @@ def error_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except EXPECTED_ERRORS as error:
-        if args.traceback:
-            raise
-        print(f"calrec {args.command}: {error_line(error)}", file=sys.stderr)
-        return 1
+    with command_logs(hold=not args.traceback, command=args.command) as logs:
+        try:
+            code = int(args.handler(args) or 0)
+        except EXPECTED_ERRORS as error:
+            if args.traceback:
+                raise
+            logs.drop()
+            print(f"calrec {args.command}: {error_line(error)}", file=sys.stderr)
+            return 1
+        if code:  # the handler reported an expected failure itself
+            logs.drop()
+        return code
 
 
 if __name__ == "__main__":

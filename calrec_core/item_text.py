@@ -9,7 +9,10 @@ Markup residue (``strip_markup``, on by default; the paper does not discuss it):
 tail of an HTML attribute (``Magazines" />``), values cut inside a tag
 (``<span class="a-size-medium``), brands given as a list, and doubly escaped entities.
 Left in, many distinct items share the residue, the model learns to generate it and BM25
-ties them. ``strip_markup=False`` reproduces the earlier cleaning exactly.
+ties them. The same mode writes a list or dict value as its strings (never a Python repr),
+drops the contents of ``<script>``/``<style>`` elements, and also caps each attribute in
+characters, so one 100 KB "word" cannot pass the word budget whole.
+``strip_markup=False`` reproduces the earlier cleaning exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import re
 ATTRIBUTES = ("title", "category", "brand", "price")
 # Word budgets per attribute (§4 Dataset: 25, 15, 15 and 15 words).
 WORD_LIMITS = {"title": 25, "category": 15, "brand": 15, "price": 15}
+# Character budgets (strip_markup): 12 characters per budgeted word, far above real values.
+CHAR_LIMITS = {name: 12 * words for name, words in WORD_LIMITS.items()}
 UNKNOWN = "Unknown"
 _LABELS = {"title": "Title", "category": "Category", "brand": "Brand", "price": "Price"}
 
@@ -31,6 +36,9 @@ _MARKUP_TAG = re.compile(r"<[A-Za-z/!][^>]*>?")
 # The dangling end of a tag whose start was cut off: 'Magazines" />', 'Scientific />'.
 _TAG_TAIL = re.compile(r"""\s*(?:["']\s*/?|/)>\s*$""")
 _SPACE = re.compile(r"\s+")
+# A script or style element is code, not text: dropped with its contents (unclosed: to the end).
+_CODE_ELEMENT = re.compile(r"<(script|style)\b[^>]*>.*?(?:</\1\s*>|$)",
+                           re.IGNORECASE | re.DOTALL)
 _ITEM_PATTERN = re.compile(
     r"^\s*Title:\s*(?P<title>.*?)\.\s+Category:\s*(?P<category>.*?)\.\s+"
     r"Brand:\s*(?P<brand>.*?)\.\s+Price:\s*(?P<price>.*?)\.?\s*$",
@@ -65,26 +73,41 @@ def _as_list(value: object) -> list | None:
     return None
 
 
+def _leaves(value: object) -> list[str]:
+    """The strings of a list, tuple or dict value nested to any depth, in order (numbers as
+    their text, None skipped); iterative, since a value nested 300 deep is still one field."""
+    leaves, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif item is not None:
+            leaves.append(item if isinstance(item, str) else str(item))
+    return leaves
+
+
 def clean_text(value: object, strip_markup: bool = True) -> str:
     """HTML-unescapes, strips tags and collapses whitespace; None becomes ''.
 
-    strip_markup: also drop dangling tag ends, keep a lone "<" that starts no tag, and
-    write a list value (e.g. a list-valued brand) as its distinct cleaned entries joined
-    by ", " instead of its Python repr.
+    strip_markup: also drop dangling tag ends and script/style elements, keep a lone "<"
+    that starts no tag, and write a list or dict value (e.g. a list-valued brand) as its
+    distinct cleaned strings joined by ", " instead of its Python repr.
     """
     if value is None:
         return ""
     if strip_markup:
-        entries = _as_list(value)
+        entries = _leaves(value) if isinstance(value, (list, tuple, dict)) else _as_list(value)
         if entries is not None:
-            cleaned = (clean_text(entry, strip_markup) for entry in entries)
+            cleaned = (clean_text(entry, strip_markup) for entry in _leaves(entries))
             return ", ".join(dict.fromkeys(c for c in cleaned if c))
     if not isinstance(value, str):
         value = str(value)
     text = html.unescape(html.unescape(value))
     if not strip_markup:
         return _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
-    text = _MARKUP_TAG.sub(" ", text)
+    text = _MARKUP_TAG.sub(" ", _CODE_ELEMENT.sub(" ", text))
     previous = None
     while previous != text:  # 'x" /> />' -> 'x'
         previous, text = text, _TAG_TAIL.sub("", text)
@@ -95,9 +118,24 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(text.split()[:max_words])
 
 
+def truncate_chars(text: str, max_chars: int) -> str:
+    """At most ``max_chars`` characters, cut after the last whole word that fits (inside the
+    word only when the first word alone is longer)."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    if text[max_chars].isspace():
+        return cut
+    space = cut.rfind(" ")
+    return cut[:space] if space > 0 else cut
+
+
 def normalize_attribute(name: str, value: object, strip_markup: bool = True) -> str:
     """Cleans, truncates and strips trailing periods (they would blur the format)."""
-    text = truncate_words(clean_text(value, strip_markup), WORD_LIMITS[name]).rstrip(" .")
+    text = truncate_words(clean_text(value, strip_markup), WORD_LIMITS[name])
+    if strip_markup:
+        text = truncate_chars(text, CHAR_LIMITS[name])
+    text = text.rstrip(" .")
     return text if text else UNKNOWN
 
 

@@ -117,3 +117,31 @@ def test_no_markup_residue_left_in_real_metadata(shared_data):
     assert _residue(magazines, strip_markup=True) == 0
     office = shared_data / "office2014" / "meta_Office_Products.json.gz"
     assert _residue(office, strip_markup=True) == 0
+
+
+def test_non_string_values_are_flattened_to_their_strings():
+    attrs = make_attributes(title={"en": "Blue Mug", "size": 12}, brand=[["Acme"], ("Acme",)],
+                            price=12.5)
+    assert attrs.as_tuple() == ("Blue Mug, 12", UNKNOWN, "Acme", "12.5")
+    assert "{" not in format_item(attrs)
+    nested = "Deep"
+    for _ in range(5000):  # far deeper than Python's recursion limit
+        nested = [nested]
+    assert make_attributes(title=nested).title == "Deep"
+
+
+def test_lengths_are_capped_in_characters_too():
+    from calrec_core.item_text import CHAR_LIMITS
+
+    word = "x" * 100_000
+    assert make_attributes(brand=word).brand == "x" * CHAR_LIMITS["brand"]
+    title = make_attributes(title="Short words then " + word).title
+    assert title == "Short words then"
+    # Real values stay whole.
+    assert make_attributes(title="Pro Flex Sealant 10 Oz").title == "Pro Flex Sealant 10 Oz"
+
+
+def test_script_and_style_contents_are_dropped():
+    assert clean_text("Mug<script>var x = '<b>';</script> Blue") == "Mug Blue"
+    assert clean_text("Mug<STYLE type='text/css'>.a{color:red}</STYLE>") == "Mug"
+    assert clean_text("Mug <script>unterminated code") == "Mug"

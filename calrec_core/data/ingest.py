@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from calrec_core.data.config import RolesConfig, load_roles_config
 from calrec_core.data.reader import CORPUS_FILE, INCOMPLETE_FILE, MIXTURE_FILE, STATS_FILE
 from calrec_core.errors import CalrecError, InputError
+from calrec_core.folder_lock import folder_lock
 
 # The ingest image the Dataflow workers start from when --sdk_container_image is not given.
 WORKER_IMAGE_ENV = "CALREC_INGEST_IMAGE"
@@ -63,15 +64,15 @@ def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str
         output_dir, sources)
 
 
-def _remove_previous_outputs(output_dir: str, sources) -> None:
-    """Deletes files an earlier ingest left here, so no stale shard mixes with new ones."""
+def _remove_previous_outputs(output_dir: str) -> None:
+    """Deletes files an earlier ingest left here, of every category (not only this run's), so
+    the folder ends with exactly this run's categories and no stale shard mixes with new ones."""
     from apache_beam.io.filesystems import FileSystems
 
     patterns = [FileSystems.join(output_dir, name) for name in (STATS_FILE, MIXTURE_FILE)]
     patterns.append(FileSystems.join(output_dir, "dead_letter", "*.jsonl"))
-    for source in sources:
-        patterns.append(FileSystems.join(output_dir, source.name, "*-of-*.tfrecord"))
-        patterns.append(FileSystems.join(output_dir, source.name, CORPUS_FILE))
+    patterns.append(FileSystems.join(output_dir, "*", "*-of-*.tfrecord"))
+    patterns.append(FileSystems.join(output_dir, "*", CORPUS_FILE))
     paths = [
         metadata.path
         for result in FileSystems.match(patterns)
@@ -196,9 +197,7 @@ def run_ingest(
     ``CalrecError`` for an unreadable input file or (unless ``allow_empty_categories``) a
     category left without users; the output then stays marked incomplete.
     """
-    import json
 
-    import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -212,9 +211,22 @@ def run_ingest(
     FileSystems.set_options(options)
     sources = resolve_sources(input_dir, config)
     _check_output_dir(output_dir)
+    # One ingest per folder; taken after the checks above, which leave no folder behind.
+    with folder_lock(output_dir, "ingest"):
+        return _ingest_into(output_dir, sources, config, options, allow_empty_categories)
+
+
+def _ingest_into(output_dir: str, sources, config: RolesConfig, options,
+                 allow_empty_categories: bool) -> dict:
+    """run_ingest's work once its inputs are checked and it holds ``output_dir``."""
+    import json
+
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+
     marker = FileSystems.join(output_dir, INCOMPLETE_FILE)
     _write_text(marker, "calrec ingest started here and has not finished\n")
-    _remove_previous_outputs(output_dir, sources)
+    _remove_previous_outputs(output_dir)
     try:
         # Leaving the block waits for the run to finish (on Dataflow, for the job's end state).
         with beam.Pipeline(options=options) as pipeline:

@@ -4,12 +4,15 @@ Reviews and metadata are JSON lines as published; some published metadata files 
 Python-literal lines (single quotes), read with ``ast.literal_eval`` (never ``eval``). A line
 that cannot be used raises ``BadLine`` with a short reason that becomes a dead-letter record,
 including valid JSON the outputs cannot hold: a lone surrogate escape (``"\\ud83d"``) in a field
-that is kept has no UTF-8 encoding, and a time outside int64 does not fit a TFRecord.
+that is kept has no UTF-8 encoding, and a time outside int64 does not fit a TFRecord. The
+parsers raise nothing else: any other failure on one line (a nesting too deep to parse, a
+field no rule foresaw) is that line's fault, never the run's, and becomes ``BadLine`` too.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -20,6 +23,8 @@ from calrec_core.item_text import ItemAttributes, clean_text, make_attributes
 
 # unixReviewTime is stored as a TFRecord int64.
 MIN_TIMESTAMP, MAX_TIMESTAMP = -(2**63), 2**63 - 1
+# A time given as a string: ASCII digits only ("²" and "--5" pass str.isdigit-style checks).
+_INTEGER = re.compile(r"\s*-?[0-9]+\s*", re.ASCII)
 
 
 class BadLine(ValueError):
@@ -85,7 +90,7 @@ def _timestamp(row: dict) -> int:
         raise BadLine("missing_unixReviewTime")
     if isinstance(value, bool):
         raise BadLine("bad_unixReviewTime")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
         timestamp = int(value)
     elif isinstance(value, int):
         timestamp = value
@@ -113,6 +118,24 @@ def _rating(row: dict) -> float:
     return rating
 
 
+def _bad_line_on_any_error(parse):
+    """Turns any failure of ``parse`` on one line into ``BadLine`` naming it."""
+
+    @functools.wraps(parse)
+    def wrapper(*args, **kwargs):
+        try:
+            return parse(*args, **kwargs)
+        except BadLine:
+            raise
+        except RecursionError:
+            raise BadLine("nested_too_deep") from None
+        except Exception as error:  # noqa: BLE001 - one bad line never stops an ingest
+            raise BadLine(f"unparseable_{type(error).__name__}") from None
+
+    return wrapper
+
+
+@_bad_line_on_any_error
 def parse_review(raw: bytes, line: int) -> Review:
     """One review line -> ``Review``; raises ``BadLine`` naming what is wrong."""
     text = decode_line(raw)
@@ -176,6 +199,7 @@ def item_category(row: dict) -> str:
     return ""
 
 
+@_bad_line_on_any_error
 def parse_meta(raw: bytes, strip_markup: bool = True) -> tuple[str, ItemAttributes]:
     """One metadata line -> (asin, attributes); raises ``BadLine``.
 

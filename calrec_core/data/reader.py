@@ -2,7 +2,8 @@
 
 Only the standard library, protobuf and (for the corpus) pandas/pyarrow are needed, so the
 training and evaluation images read the data without Apache Beam. Every reader refuses a folder
-that an unfinished or failed ingest marked ``INCOMPLETE``.
+that an unfinished or failed ingest marked ``INCOMPLETE``, and a category that the folder's
+``stats.json`` does not list (files of a category an earlier ingest wrote are never its data).
 """
 
 from __future__ import annotations
@@ -29,11 +30,23 @@ def check_complete(data_dir) -> None:
                           "rerun calrec ingest into it")
 
 
+def check_category(data_dir, category: str) -> None:
+    """Raises unless ``data_dir`` is complete and (where it has ``stats.json``, as every ingest
+    writes) its last ingest produced ``category``."""
+    check_complete(data_dir)
+    if not (path(data_dir) / STATS_FILE).is_file():
+        return  # a folder laid out by hand (tests, tools): nothing to check against
+    categories = load_stats(data_dir).get("categories") or {}
+    if category not in categories:
+        raise CalrecError(f"{data_dir} holds no category {category!r}: its last ingest "
+                          f"produced {sorted(categories)}")
+
+
 def shard_paths(data_dir, category: str, split: str) -> list[Path]:
     """The complete, ordered shard list of one split; raises when shards are missing."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    check_complete(data_dir)
+    check_category(data_dir, category)
     folder = path(data_dir) / category
     if not folder.is_dir():
         raise FileNotFoundError(f"no ingested category folder {folder}")
@@ -72,7 +85,7 @@ def load_corpus(data_dir, category: str):
     """The category's item corpus as a DataFrame (asin, title, category, brand, price, text)."""
     import pandas as pd
 
-    check_complete(data_dir)
+    check_category(data_dir, category)
     corpus = path(data_dir) / category / CORPUS_FILE
     if not corpus.is_file():
         raise FileNotFoundError(f"no corpus at {corpus}")

@@ -26,6 +26,7 @@ from calrec_core.eval.catalog import Catalog, load_catalog
 from calrec_core.eval.config import EvalConfig
 from calrec_core.eval.metrics import mean_metrics, metric_columns
 from calrec_core.eval.scoring import MODEL_METHODS, check_methods, quality_levers, score_batch
+from calrec_core.folder_lock import locks_folder
 
 MANIFEST_FILE = "run.json"
 SHARDS_DIR = "shards"
@@ -260,6 +261,7 @@ def preset_name(config: EvalConfig) -> str:
     return f"{best} ({', '.join(best_changes)})" if best_changes else best
 
 
+@locks_folder("output_dir", "evaluate")
 def run_evaluation(
     data_dir,
     category: str,

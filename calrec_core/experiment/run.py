@@ -36,6 +36,7 @@ from calrec_core.experiment.plan import (
     unbudgeted_plan,
 )
 from calrec_core.experiment.timing import TimingLog, mfu
+from calrec_core.folder_lock import locks_folder
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def _use_compilation_cache(directory: pathlib.Path) -> None:
         enable_compilation_cache(directory, min_compile_seconds=0.5)
 
 
+@locks_folder("output_dir", "experiment")
 def run_experiment(config: ExperimentConfig, raw_dirs: Sequence, output_dir, *,
                    ingested_dir=None, show_progress: bool = True,
                    ingest_only: bool = False) -> dict:

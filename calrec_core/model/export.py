@@ -7,10 +7,14 @@ nothing of training: the trainer passes its config in as plain data.
 
 ``model.json`` also holds ``fingerprint``, a content hash of the parameters, so whatever is
 computed from an export can tell when the export changed. An export is written into a
-temporary sibling folder and renamed into place: a kill at any moment leaves either the old
-complete export or the new one, never parameters that do not match their ``model.json``.
-Cloud Storage has no folder rename, so there ``model.json`` is the commit marker instead: it
-is deleted before the parameters are rewritten and written last.
+temporary sibling folder (``.<name>.partial``), ``model.json`` last, then renamed into place
+with the old export moved aside (``.<name>.old``) between the two renames. A folder is a
+complete export exactly when it holds ``model.json``, so after kills at any moments readers
+take the newest complete one of the three (``resolve_export``: a finished partial, else the
+folder, else the old one) without changing anything, and the next export first finishes what
+a killed one left (``_recover``). Cloud Storage has no folder rename, so there ``model.json``
+is the commit marker instead: it is deleted before the parameters are rewritten and written
+last.
 """
 
 from __future__ import annotations
@@ -88,6 +92,48 @@ def _staging_dirs(directory: storage.Path) -> tuple[storage.Path, storage.Path]:
             directory.with_name(f".{directory.name}.old"))
 
 
+def _complete(folder: storage.Path) -> bool:
+    return (folder / MODEL_FILE).is_file()
+
+
+def resolve_export(directory) -> storage.Path:
+    """The folder holding the newest complete export of ``directory``: a staged export whose
+    renames a kill cut short, else ``directory``, else the previous export moved aside."""
+    directory = storage.path(directory)
+    if storage.is_remote(directory):
+        return directory
+    partial, old = _staging_dirs(directory)
+    for folder in (partial, directory, old):
+        if _complete(folder):
+            return folder
+    raise FileNotFoundError(f"{directory / MODEL_FILE} not found: {directory} is not an "
+                            "exported calrec model")
+
+
+def _promote(directory: storage.Path, partial: storage.Path, old: storage.Path) -> None:
+    """Renames the complete ``partial`` over ``directory``; after a kill at any point a
+    complete export remains (see resolve_export)."""
+    storage.remove_tree(old)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(partial, directory)
+    storage.remove_tree(old)
+
+
+def _recover(directory: storage.Path) -> None:
+    """Finishes what killed exports left: the newest complete export into ``directory``,
+    nothing aside."""
+    partial, old = _staging_dirs(directory)
+    if _complete(partial):
+        _promote(directory, partial, old)
+        return
+    storage.remove_tree(partial)
+    if not _complete(directory) and _complete(old):
+        storage.remove_tree(directory)
+        os.replace(old, directory)
+    storage.remove_tree(old)
+
+
 def export_model(directory, params, model_info: dict[str, Any],
                  write_extra=None) -> storage.Path:
     """Writes the parameters and ``model.json`` (with the parameters' ``fingerprint``) into a
@@ -103,7 +149,7 @@ def export_model(directory, params, model_info: dict[str, Any],
         if remote:
             (directory / MODEL_FILE).unlink(missing_ok=True)  # the old export is void from now
         else:
-            storage.remove_tree(partial)
+            _recover(directory)
         partial.mkdir(parents=True, exist_ok=True)
     if jax.process_count() > 1:  # every host writes its shards: none before the folder exists
         from jax.experimental import multihost_utils
@@ -117,11 +163,7 @@ def export_model(directory, params, model_info: dict[str, Any],
             write_extra(partial)
         storage.write_atomic(partial / MODEL_FILE, json.dumps(info, indent=2, sort_keys=True))
         if not remote:
-            storage.remove_tree(old)
-            if directory.exists():
-                os.replace(directory, old)
-            os.replace(partial, directory)
-            storage.remove_tree(old)
+            _promote(directory, partial, old)
     return directory
 
 
@@ -143,29 +185,19 @@ def export_trained(directory, params, model, tokenizer, model_name: str,
 
 
 def read_model_info(directory) -> dict[str, Any]:
-    directory = storage.path(directory)
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        _, old = _staging_dirs(directory)
-        if not storage.is_remote(directory) and (old / MODEL_FILE).is_file():
-            # killed between the two renames of an export
-            os.replace(old, directory)
-        else:
-            raise FileNotFoundError(
-                f"{path} not found: {directory} is not an exported calrec model")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((resolve_export(directory) / MODEL_FILE).read_text(encoding="utf-8"))
 
 
 def model_fingerprint(directory) -> str:
     """The content fingerprint of an export: recorded in ``model.json`` at export time, or
     (for an export that predates it) a hash of every file in the folder."""
     info = read_model_info(directory)
-    return info.get("fingerprint") or tree_digest(directory)
+    return info.get("fingerprint") or tree_digest(resolve_export(directory))
 
 
 def restore_params(directory, abstract_params):
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(storage.path(directory) / PARAMS_DIR,
+        return checkpointer.restore(resolve_export(directory) / PARAMS_DIR,
                                     abstract_params)
 
 
@@ -174,6 +206,7 @@ def load_trained(checkpoint_dir, *, compute_dtype: str = "float32", remat: bool 
     changes the arithmetic; parameters stay float32."""
     from calrec_core.model.gemma import Gemma3
 
+    checkpoint_dir = resolve_export(checkpoint_dir)  # one folder for info, params, tokenizer
     info = read_model_info(checkpoint_dir)
     architecture = config_from(info["architecture"])
     abstract = nnx.eval_shape(lambda: Gemma3(architecture, rngs=nnx.Rngs(0),

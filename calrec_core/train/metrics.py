@@ -19,8 +19,9 @@ class MetricsLog:
     """Appends records to ``<run_dir>/metrics.jsonl`` and their numbers as TensorBoard scalars
     under ``<run_dir>/tensorboard`` (tag ``<kind>/<name>``, nested names joined by '/').
 
-    A resumed run first drops the records written after its checkpoint, so the file reads as
-    one uninterrupted run; its event file starts with a purge at the resume step, which makes
+    A resumed run first drops the records written after its checkpoint, and any repeat of a
+    (kind, step) record (two runs once shared a folder), so the file reads as one
+    uninterrupted run; its event file starts with a purge at the resume step, which makes
     TensorBoard drop the earlier attempt's later points the same way. On gs:// (no appends)
     the kept records are rewritten as one object at every write.
     """
@@ -34,8 +35,11 @@ class MetricsLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lines = [json.dumps(record) + "\n" for record in read_metrics(self.path)
-                      if resume_step and record["step"] <= resume_step]
+        kept = {}  # (kind, step) -> the first record of it
+        for record in read_metrics(self.path):
+            if resume_step and record["step"] <= resume_step:
+                kept.setdefault((record.get("kind"), record["step"]), record)
+        self.lines = [json.dumps(record) + "\n" for record in kept.values()]
         storage.write_atomic(self.path, "".join(self.lines))
         if tensorboard:
             from tensorboardX import SummaryWriter

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calrec_core import storage
+from calrec_core.folder_lock import folder_lock
 from calrec_core.model.export import (
     architecture_of,
     check_same_architecture,
@@ -58,10 +59,12 @@ logger = logging.getLogger(__name__)
 SELECTED_DIR = "selected"
 CHECKPOINTS_DIR = "checkpoints"
 LOSS_PLOT = "losses.png"
-# Settings a resumed run must share with its checkpoint for its batches and losses to match.
-_RESUME_FIXED = ("model", "batch_size", "microbatches", "max_input_len", "max_target_len",
-                 "max_drop_last", "length_bucket", "alpha", "beta", "contrastive_temperature",
-                 "nig_reduction", "selection_metric")
+# The only settings a resumed run may change: how it runs or is observed, not what it computes
+# (run length, checkpoint and log cadence, memory levers). Every other TrainConfig field (the
+# learning rate and its schedule included) must match the checkpoint, or the resumed steps
+# would differ from the uninterrupted run's.
+RESUME_FREE = ("stage1_steps", "stage2_steps", "checkpoint_every", "max_checkpoints",
+               "log_every", "device_memory_gb", "logits_chunk", "remat", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +134,19 @@ def _check_mesh(config: TrainConfig, mesh) -> None:
 
 def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: dict[str, float],
                selection: Sequence[str], total_steps: int, init_checkpoint) -> StageResult:
-    from calrec_core.model.sharding import batch_multiple, make_mesh
-
     # Joins the other hosts of a multi-host job (no-op alone, or when the CLI already did).
     initialize()
+    # One run per folder; the processes of one job share it, process 0 holds it for them.
+    with folder_lock(output_dir, stage, enabled=jax.process_index() == 0):
+        return _run_stage_locked(stage, data_dir, output_dir, config, weights, selection,
+                                 total_steps, init_checkpoint)
+
+
+def _run_stage_locked(stage: str, data_dir, output_dir, config: TrainConfig,
+                      weights: dict[str, float], selection: Sequence[str], total_steps: int,
+                      init_checkpoint) -> StageResult:
+    from calrec_core.model.sharding import batch_multiple, make_mesh
+
     run_dir = storage.path(output_dir)  # local or gs://
     mesh = make_mesh(data=-1, fsdp=config.fsdp)
     _check_mesh(config, mesh)
@@ -163,11 +175,12 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
         if record["stage"] != stage or record["seed"] != config.seed:
             raise ValueError(f"{run_dir} holds a checkpoint of {record['stage']} with seed "
                              f"{record['seed']}; this run is {stage} with seed {config.seed}")
-        changed = [name for name in _RESUME_FIXED
-                   if record["train_config"].get(name) != getattr(config, name)]
+        recorded = record["train_config"]  # a field newer than the record is not compared
+        changed = [name for name, value in config.to_dict().items()
+                   if name not in RESUME_FREE and name in recorded and recorded[name] != value]
         if changed:
             raise ValueError(f"{run_dir}: cannot resume with other {changed} than the "
-                             "checkpointed run (batches would differ); use a new output folder")
+                             "checkpointed run (its steps would differ); use a new output folder")
         check_same_inputs(record.get("inputs"), inputs, run_dir)
         params, opt_state, record = store.restore(
             start, abstract_like(params), trainer.abstract_opt_state(params))
