@@ -280,6 +280,8 @@ def build_pipeline(
             ), **placement).set_display_name("evaluate")
         report = steps.report(
             evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+            stage1_model=stage1.outputs["model"],
+            stage2_models=dsl.Collected(stage2.outputs["model"]),
         ).set_display_name("report")
         return PipelineOutputs(report.outputs["report"], report.outputs["report_html"])
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from calrec_core import storage
 from calrec_core.eval.metrics import HISTORY_IN_TOP, METRIC_NAMES, NO_HISTORY, paired_t_test
+from calrec_core.eval.report_html import markdown_page
 
 _COUNT_KEYS = (
     "num_users", "num_target_missing", "num_empty_history", "num_users_all_scores_tied",
@@ -68,32 +69,57 @@ def _opt_pes(metrics: dict, name: str) -> str:
     return f"{metrics[f'{name}_opt']:.4f} / {metrics[f'{name}_pes']:.4f}"
 
 
-def _bar_plot(series: dict[str, dict], title: str, path: storage.Path) -> None:
-    """Grouped bars: per metric, one opt bar and one (hatched) pes bar per method."""
+def metric_panels(panels: dict[str, dict[str, dict]], title: str, path,
+                  names: Sequence[str] = METRIC_NAMES) -> storage.Path:
+    """One panel per category ({panel title: {method label: metrics}}): per metric, one bar
+    per method, solid up to its pessimistic score and light above it up to its optimistic
+    score, so the light part is what ties alone add. The legend sits outside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
-    labels = list(series)
-    width = 0.8 / max(2 * len(labels), 1)
-    x = np.arange(len(METRIC_NAMES))
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.8 * len(METRIC_NAMES)), 4.0))
-    for i, label in enumerate(labels):
-        for j, variant in enumerate(("opt", "pes")):
-            values = [series[label][f"{name}_{variant}"] for name in METRIC_NAMES]
-            axes.bar(x + (2 * i + j) * width, values, width, color=f"C{i}",
-                     hatch="//" if variant == "pes" else None,
-                     label=f"{label} ({variant})")
-    axes.set_xticks(x + width * (len(labels) - 0.5), METRIC_NAMES)
-    axes.set_ylabel("score")
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    # Large type: the page shows the figure scaled down to its width.
+    with plt.rc_context({"font.size": 13}):
+        columns = min(len(panels), 2)
+        rows = -(-len(panels) // columns)
+        panel_width = max(4.5, 0.45 * len(names) * max(len(labels), 1))
+        figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, 4.2 * rows),
+                                    squeeze=False, sharey=True)
+        x = np.arange(len(names))
+        for axis, (panel, series) in zip(axes.flat, panels.items(), strict=False):
+            width = 0.8 / max(len(series), 1)
+            for i, (label, metrics) in enumerate(series.items()):
+                at = x + (i - (len(series) - 1) / 2) * width
+                optimistic = [metrics[f"{name}_opt"] for name in names]
+                pessimistic = [metrics[f"{name}_pes"] for name in names]
+                axis.bar(at, optimistic, width, color=colors[label], alpha=0.3,
+                         edgecolor=colors[label], linewidth=0.8)
+                axis.bar(at, pessimistic, width, color=colors[label])
+            axis.set_xticks(x, names)
+            axis.set_title(panel)
+            axis.grid(axis="y", alpha=0.3)
+        for axis in axes[:, 0]:
+            axis.set_ylabel("score")
+        for axis in list(axes.flat)[len(panels):]:
+            axis.set_visible(False)
+        handles = [Patch(color=colors[label], label=label) for label in labels]
+        handles += [Patch(color="0.35", label="pessimistic (solid)"),
+                    Patch(facecolor="0.35", alpha=0.3, edgecolor="0.35",
+                          label="optimistic (light: added by ties)")]
+        figure.suptitle(title)
+        figure.tight_layout()
+        figure.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+                      frameon=False)
+    path = storage.path(path)
     with path.open("wb") as stream:
-        figure.savefig(stream, format="png", dpi=120)
+        figure.savefig(stream, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
+    return path
 
 
 def _metric_table(series: dict[str, dict]) -> list[str]:
@@ -140,7 +166,8 @@ def write_run_report(result: dict, output_dir) -> storage.Path:
     lines += ["", *(f"**{w}**" for w in warnings if w)]
     lines += _hierarchical_lines(result["methods"])
     lines += ["", "![metrics](metrics.png)", ""]
-    _bar_plot(series, f"{result['category']} ({result['split']})", output_dir / "metrics.png")
+    metric_panels({f"{result['category']} ({result['split']})": series}, "Evaluation",
+                  output_dir / "metrics.png")
     path = output_dir / "report.md"
     storage.write_atomic(path, "\n".join(lines))
     return path
@@ -200,30 +227,20 @@ def write_report(metrics_paths: Sequence, output_path) -> dict[str, storage.Path
             sources[(category, label)] = (path, method)
     md = ["# CALRec evaluation report", "",
           "Scores are optimistic / pessimistic (ties with the target counted first / last).", ""]
-    html = ["<html><body><h1>CALRec evaluation report</h1>"]
     for category, series in by_category.items():
         warnings = [w for w in (tie_warning(label, m) for label, m in series.items()) if w]
         md += [f"## {category}", "", *(f"- {line}" for line in settings[category]), "",
                *_metric_table(series), "", *_counts_table(series), "",
                *(f"**{w}**\n" for w in warnings)]
-        html.append(f"<h2>{category}</h2><table border='1'><tr><th>Metric (opt / pes)</th>"
-                    + "".join(f"<th>{label}</th>" for label in series) + "</tr>")
-        for name in METRIC_NAMES:
-            html.append(f"<tr><td>{name}</td>"
-                        + "".join(f"<td>{_opt_pes(m, name)}</td>" for m in series.values())
-                        + "</tr>")
-        html.append("</table>")
-        html += [f"<p>{line}</p>" for line in settings[category]]
-        html += [f"<p><b>{w}</b></p>" for w in warnings]
         md += _t_test_lines(category, series, sources)
-    plot_series = {f"{c}: {label}": m for c, s in by_category.items() for label, m in s.items()}
-    _bar_plot(plot_series, "opt (plain) / pes (hatched)", output_dir / "report.png")
-    md += ["![metrics](report.png)", ""]
-    html.append("<img src='report.png'></body></html>")
     paths = {"markdown": output_dir / "report.md", "html": output_dir / "report.html",
              "plot": output_dir / "report.png"}
-    storage.write_atomic(paths["markdown"], "\n".join(md))
-    storage.write_atomic(paths["html"], "\n".join(html))
+    metric_panels(by_category, "Scores per category", paths["plot"])
+    md += [f"![metrics]({paths['plot'].name})", ""]
+    markdown = "\n".join(md)
+    storage.write_atomic(paths["markdown"], markdown)
+    storage.write_atomic(paths["html"], markdown_page(
+        markdown, "CALRec evaluation report", {paths["plot"].name: paths["plot"]}))
     return paths
 
 

@@ -41,7 +41,7 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.ingest_only:
         print(f"ingested into {result['data']}")
         return 0
-    print(f"wrote {args.output}/report.md, report.json, report.png")
+    print(f"wrote {args.output}/report.md, report.html, report.json, report.png")
     return 0
 
 

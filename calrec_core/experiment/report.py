@@ -13,10 +13,12 @@ from typing import Any
 
 from calrec_core import storage
 from calrec_core.eval.metrics import METRIC_NAMES, paired_t_test
+from calrec_core.eval.report_html import markdown_page
 from calrec_core.experiment.config import ExperimentConfig
 from calrec_core.experiment.plan import Plan
+from calrec_core.experiment.steps import loss_curve_sections
 
-REPORT_FILES = ("report.md", "report.json", "report.png")
+REPORT_FILES = ("report.md", "report.html", "report.json", "report.png")
 # opt - pes above this share of opt marks a method whose ranking is decided by ties.
 TIE_FLAG_SHARE = 0.25
 COUNT_KEYS = ("num_users", "num_empty_generations", "num_generations",
@@ -111,38 +113,51 @@ def _timing_lines(phases: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _plot(config: ExperimentConfig, results: dict[str, dict], path: pathlib.Path) -> None:
-    """Grouped bars of the t-test metric's opt and pes value per method and category."""
-    import matplotlib
+def _plan_lines(plan: Plan) -> list[str]:
+    """Every field of the plan (plan.json), nested ones dotted, as a table."""
+    def flatten(values: dict, prefix: str = ""):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    rows = [f"| {key} | {_fmt(value, 1) if isinstance(value, float) else _fmt(value)} |"
+            for key, value in flatten(plan.to_dict())]
+    return ["## Plan", "", "| plan | value |", "|---|---|", *rows, ""]
 
-    name = config.test_metric.rsplit("_", 1)[0]
-    categories = list(results)
-    methods = next(iter(results.values()))["order"]
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.5 * len(methods) * len(categories)), 4.0))
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(categories))
-    for i, method in enumerate(methods):
-        for variant, alpha in (("opt", 0.45), ("pes", 1.0)):
-            values = [results[c]["methods"][method][f"{name}_{variant}"] for c in categories]
-            axes.bar(x + i * width, values, width, color=f"C{i}", alpha=alpha,
-                     label=f"{method}" if variant == "pes" else None)
-    axes.set_xticks(x + width * (len(methods) - 1) / 2, categories)
-    axes.set_ylabel(f"{name} (solid: pes, light: opt)")
-    axes.set_title("calrec experiment: test split, same users per category")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+
+def _plot(results: dict[str, dict], path: pathlib.Path) -> None:
+    """One panel per category: every method's opt and pes scores of the paper's metrics."""
+    from calrec_core.eval.report import metric_panels
+
+    panels = {category: {method: result["methods"][method] for method in result["order"]}
+              for category, result in results.items()}
+    first = next(iter(next(iter(panels.values())).values()))
+    names = [name for name in _metric_pairs(first) if name in METRIC_NAMES]
+    metric_panels(panels, "calrec experiment: test split, same users per category", path,
+                  names=names)
+
+
+def _training_runs(phases: dict[str, dict], output: pathlib.Path) -> dict[str, dict]:
+    """{plot title: {run: folder}} of the stage runs, whose phases are named after their
+    folders (run.py's layout: stage1/<run>, stage2/<category>/<run>)."""
+    groups: dict[str, dict] = {}
+    for phase in phases:
+        stage, _, rest = phase.partition("/")
+        if stage not in ("stage1", "stage2") or not rest:
+            continue
+        group, _, run = rest.rpartition("/")
+        title = "Stage I" if stage == "stage1" else f"Stage II, {group}"
+        groups.setdefault(title, {})[run] = output / phase
+    return groups
 
 
 def write_experiment_report(config: ExperimentConfig, plan: Plan,
                             evaluations: dict[str, dict[str, str]], phases: dict[str, dict],
                             output_dir) -> dict[str, Any]:
-    """Writes report.md, report.json and report.png; returns report.json's content."""
+    """Writes report.md, its rendering report.html (plots inlined), report.json, report.png
+    and the loss curves of the stage runs (losses-<n>.png); returns report.json's content."""
     output = pathlib.Path(output_dir)
     results = {category: category_results(config, folders)
                for category, folders in evaluations.items()}
@@ -161,13 +176,21 @@ def write_experiment_report(config: ExperimentConfig, plan: Plan,
     ]
     for category, result in results.items():
         lines += _category_lines(config, category, result)
+    lines += _plan_lines(plan)
     lines += _timing_lines(phases)
-    (output / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    _plot(results, output / "report.png")
+    lines += ["![scores per category](report.png)", ""]
+    losses, plots = loss_curve_sections(_training_runs(phases, output), output)
+    lines += losses
+    markdown = "\n".join(lines)
+    (output / "report.md").write_text(markdown, encoding="utf-8")
+    (output / "report.html").write_text(
+        markdown_page(markdown, "calrec experiment", {"report.png": output / "report.png",
+                                                      **plots}), encoding="utf-8")
     content = {"config": config.to_dict(), "plan": plan.to_dict(), "categories": results,
                "timing": phases}
     temporary = output / "report.json.tmp"
     temporary.write_text(json.dumps(content, indent=2, sort_keys=True, default=str),
                          encoding="utf-8")
     temporary.replace(output / "report.json")
-    _plot(config, results, output / "report.png")
     return content

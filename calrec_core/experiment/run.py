@@ -12,7 +12,8 @@ Layout of the output folder::
     eval/<category>/<method>/   test-split evaluations of every variant and baseline
     timing.json                 wall time, tokens/s and MFU of each phase
     jax_cache/                  JAX's persistent compilation cache, shared by the runs
-    report.md, report.json, report.png   the side-by-side comparison (report.py)
+    report.md, report.html, report.json, report.png, losses-<n>.png
+                                the side-by-side comparison and loss curves (report.py)
 
 Every phase is the same core call the pipeline components make (run_ingest, then steps.py's
 train_stage and evaluate_methods); each resumes on its own, so rerunning the command continues.

@@ -8,13 +8,13 @@ Each step takes the ExperimentConfig and plain folders, so a component only move
     stage_train_config         the TrainConfig of one stage run of a variant
     train_stage                Stage I or Stage II of a variant (run_stage1 / run_stage2)
     loss_curves_html           one stage run's loss curves as a self-contained page
+    loss_curve_sections        loss-curve plots of several runs as Markdown sections
     evaluate_methods           every trained model and baseline on the same users
     render_report              Markdown and self-contained HTML over evaluation folders
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import html
@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from calrec_core import storage
+from calrec_core.eval.report_html import inline_png, markdown_page
 from calrec_core.experiment.config import BASELINES, VARIANTS, ExperimentConfig
 
 
@@ -122,12 +123,6 @@ def train_stage(config: ExperimentConfig, stage: int, data_dir, output_dir, *,
     return run_stage2(data_dir, category, init, output_dir, train)
 
 
-def inline_png(path) -> str:
-    """A PNG file as a data: URI, for pages that must stand alone (artifact viewers)."""
-    encoded = base64.b64encode(storage.path(path).read_bytes()).decode("ascii")
-    return f"data:image/png;base64,{encoded}"
-
-
 def image_page(path, title: str) -> str:
     """An HTML page holding the PNG at ``path`` inline under ``title``."""
     return (f"<html><body><h2>{html.escape(title)}</h2>"
@@ -141,6 +136,27 @@ def loss_curves_html(run_dir, label: str) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         plot = plot_losses([run_dir], pathlib.Path(scratch) / "losses.png", labels=[label])
         return image_page(plot, f"{label} training losses")
+
+
+def loss_curve_sections(groups: Mapping[str, Mapping[str, Any]],
+                        folder) -> tuple[list[str], dict[str, storage.Path]]:
+    """Markdown lines of a 'Training losses' section, one plot per group ({title: {run label:
+    run folder}}) written into ``folder`` as losses-<n>.png, and {file name: plot path}.
+    Runs without training records are left out; nothing at all gives ([], {})."""
+    from calrec_core.train.metrics import plot_losses, read_metrics
+
+    lines: list[str] = []
+    plots: dict[str, storage.Path] = {}
+    for title, runs in groups.items():
+        runs = {label: run for label, run in runs.items()
+                if any(r["kind"] == "train" for r in read_metrics(run))}
+        if not runs:
+            continue
+        name = f"losses-{len(plots) + 1}.png"
+        plots[name] = plot_losses(list(runs.values()), storage.path(folder) / name,
+                                  labels=list(runs))
+        lines += [f"### {title}", "", f"![training losses, {title}]({name})", ""]
+    return (["## Training losses", "", *lines] if lines else []), plots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,10 +243,13 @@ class RenderedReport:
     html: str
 
 
-def render_report(evaluation_dirs: Sequence) -> RenderedReport:
+def render_report(evaluation_dirs: Sequence,
+                  training_runs: Mapping[str, Any] | None = None) -> RenderedReport:
     """The cross-category report over folders written by evaluate_methods (any order): per
-    category, the methods in report order. Artifact viewers show one file, so the Markdown
-    drops the plot and the HTML carries it inline."""
+    category, the methods in report order; ``training_runs`` ({label: run folder}, e.g. the
+    training steps' work folders) adds their loss curves to the HTML. Artifact viewers show
+    one file, so the Markdown drops the plots and the HTML is the Markdown rendered with every
+    plot inlined."""
     from calrec_core.eval.report import write_report
 
     found = []
@@ -246,7 +265,8 @@ def render_report(evaluation_dirs: Sequence) -> RenderedReport:
         written = write_report(paths, scratch)
         plot = written["plot"]
         markdown = written["markdown"].read_text(encoding="utf-8")
-        page = written["html"].read_text(encoding="utf-8")
-        uri = inline_png(plot)
+        losses, plots = loss_curve_sections({"Every stage run": training_runs or {}}, scratch)
+        page = markdown_page("\n".join([markdown, "", *losses]), "CALRec evaluation report",
+                             {plot.name: plot, **plots})
     markdown = markdown.replace(f"![metrics]({plot.name})", "").rstrip() + "\n"
-    return RenderedReport(markdown, page.replace(f"src='{plot.name}'", f"src='{uri}'"))
+    return RenderedReport(markdown, page)

@@ -25,9 +25,6 @@ from flax import nnx
 from calrec_core.model.config import Gemma3Config
 from calrec_core.model.sharding import constrain
 
-# Finite "minus infinity": fully masked rows (padding queries) stay NaN-free.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-
 
 def _param(rngs: nnx.Rngs, init, shape, dtype, axes: tuple[str, ...]) -> nnx.Param:
     # Logical axis names only; the mesh placement comes from sharding.LOGICAL_AXIS_RULES.
@@ -96,15 +93,19 @@ def rope(x: jax.Array, positions: jax.Array, base: float, scale: float = 1.0) ->
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention, local (sliding window) or global."""
+    """Grouped-query attention, local (sliding window) or global, through
+    jax.nn.dot_product_attention; ``implementation`` is its choice of kernel (None: JAX's
+    default, "xla" or "cudnn", the fused kernel on NVIDIA GPUs for bfloat16/float16)."""
 
-    def __init__(self, config: Gemma3Config, layer: int, *, rngs, dtype, param_dtype):
+    def __init__(self, config: Gemma3Config, layer: int, *, rngs, dtype, param_dtype,
+                 implementation: str | None = None):
         d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
         init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0)
         out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1))
         self.config = config
         self.is_global = config.is_global(layer)
         self.dtype = dtype
+        self.implementation = implementation
         self.q_proj = _param(rngs, init, (d, n, h), param_dtype, ("embed", "heads", "head_dim"))
         self.k_proj = _param(rngs, init, (d, k, h), param_dtype, ("embed", "kv_heads", "head_dim"))
         self.v_proj = _param(rngs, init, (d, k, h), param_dtype, ("embed", "kv_heads", "head_dim"))
@@ -134,23 +135,23 @@ class Attention(nnx.Module):
             k, v = k_all, v_all  # (B, S, K, H)
         else:
             new_kv = None
-        b, t, n, h = q.shape
-        groups = n // cfg.num_kv_heads
-        q = q.reshape(b, t, cfg.num_kv_heads, groups, h)  # (B, T, K, G, H)
+        # Gemma scales queries by query_pre_attn_scalar**-0.5 (not head_dim**-0.5): applied to
+        # q as before, so the kernel runs with scale 1 and the logits are today's.
         q = q * jnp.asarray(cfg.query_pre_attn_scalar**-0.5, q.dtype)
-        logits = jnp.einsum(
-            "btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32
-        )  # (B, K, G, T, S)
         q_pos = positions[:, :, None]  # (B, T, 1)
         k_pos = key_positions[:, None, :]  # (B, 1, S)
+        # Masks by position, not slot: left padding, the KV cache and packed rows alike.
         allowed = (k_pos >= 0) & (k_pos <= q_pos)  # (B, T, S)
         if not self.is_global:
             allowed &= q_pos - k_pos < cfg.sliding_window
         if segment_ids is not None:  # Packed rows: never across sequences.
             allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
-        logits = jnp.where(allowed[:, None, None], logits, _MASK_VALUE)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)  # (B, T, N, H)
+        # Grouped-query attention with float32 logits and softmax; a row with every key
+        # masked (a padding query) gets a finite large negative, never NaN.
+        out = jax.nn.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=allowed[:, None], scale=1.0,
+            implementation=self.implementation,
+        )  # (B, T, N, H)
         out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(self.dtype))
         return out, new_kv, key_positions
 
@@ -174,11 +175,13 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: Gemma3Config, layer: int, *, rngs, dtype, param_dtype):
+    def __init__(self, config: Gemma3Config, layer: int, *, rngs, dtype, param_dtype,
+                 attention_implementation: str | None = None):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         d, eps = config.embed_dim, config.rms_eps
         self.pre_attention_norm = RMSNorm(d, eps, "norm", **kw)
-        self.attention = Attention(config, layer, rngs=rngs, **kw)
+        self.attention = Attention(config, layer, rngs=rngs, **kw,
+                                   implementation=attention_implementation)
         self.post_attention_norm = RMSNorm(d, eps, "norm", **kw)
         self.pre_ffw_norm = RMSNorm(d, eps, "norm", **kw)
         self.mlp = MLP(config, rngs=rngs, **kw)
@@ -217,6 +220,7 @@ class Gemma3(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         remat: bool = False,
+        attention_implementation: str | None = None,
     ):
         self.config = config
         self.dtype = dtype
@@ -225,7 +229,9 @@ class Gemma3(nnx.Module):
         self.embedding = _param(
             rngs, embed_init, (config.vocab_size, config.embed_dim), param_dtype, ("vocab", "embed")
         )
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        # jax.nn.dot_product_attention's kernel: None (JAX's choice), "xla" or "cudnn".
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                  attention_implementation=attention_implementation)
         self.layers = nnx.List([DecoderLayer(config, i, **kw) for i in range(config.num_layers)])
         self.final_norm = RMSNorm(
             config.embed_dim, config.rms_eps, "norm", dtype=dtype, param_dtype=param_dtype

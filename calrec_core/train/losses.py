@@ -104,6 +104,7 @@ def chunked_target_nll(
     (weights: the output embedding, passed explicitly so its gradient flows). The K
     target positions go through the projection C at a time (C * R <= chunk_tokens) in a scan
     whose body is rematerialised, so neither pass ever holds more than one chunk's logits.
+    When one chunk holds every target there is nothing to save: no scan and no recompute.
     """
     rows, targets = logits_at.shape
     chunk = max(1, min(targets, chunk_tokens // max(rows, 1)))
@@ -115,14 +116,17 @@ def chunked_target_nll(
         x = x.reshape(rows, padded // chunk, chunk, *x.shape[2:])
         return jnp.moveaxis(x, 1, 0)
 
-    @jax.checkpoint
     def chunk_nll(h, y, m, w):  # (R, C, D), (R, C), (R, C), (V, D) -> ()
         log_probs = jax.nn.log_softmax(project(h, w).astype(jnp.float32), axis=-1)  # (R, C, V)
         token = jnp.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]  # (R, C)
         return -jnp.sum(token * m.astype(jnp.float32))
 
+    if padded == chunk:  # One chunk: its logits are all the backward pass needs; keep them.
+        return chunk_nll(picked, labels, label_mask, weights)
+    recomputed = jax.checkpoint(chunk_nll)
+
     def body(total, xs):
-        return total + chunk_nll(*xs, weights), None
+        return total + recomputed(*xs, weights), None
 
     xs = (split(picked), split(jnp.pad(labels, pad)), split(jnp.pad(label_mask, pad)))
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)

@@ -189,3 +189,58 @@ def test_length_bucket_changes_padding_not_samples(model, prompts):
     ]
     np.testing.assert_allclose([[s.logprob for s in row] for row in narrow],
                                [[s.logprob for s in row] for row in wide], rtol=1e-5, atol=1e-5)
+
+
+def _draws(logits: np.ndarray, draws: int, temperature: float, block: int) -> np.ndarray:
+    import jax
+
+    from calrec_core.model.decoding import draw_tokens
+
+    draw = jax.jit(draw_tokens, static_argnames="block")
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(7), i))(jnp.arange(draws))
+    chunk = 200  # rows at a time: 200 x 262,144 float32 logits are 200 MB
+    rows = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (chunk, len(logits)))
+    return np.concatenate([
+        np.asarray(draw(keys[start:start + chunk], rows[:len(keys[start:start + chunk])],
+                        temperature, block=block))
+        for start in range(0, draws, chunk)])
+
+
+@pytest.mark.parametrize(("vocab", "block"), [(1000, 64), (262_144, 512)])
+def test_inverse_cdf_draws_follow_softmax_over_temperature(vocab, block):
+    """Frequencies of 2,000 draws against softmax(logits / T) in float64 (chi-square, tokens
+    of small expected count pooled); masked tokens, at block edges too, are never drawn."""
+    from scipy.stats import chisquare
+
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(0.0, 1.0, vocab)
+    heavy = rng.choice(vocab, 12, replace=False)
+    logits[heavy] += rng.uniform(7.0, 10.0, 12)  # a peaked head, as a language model's
+    masked = np.r_[0, block - 1, block, vocab - 1, rng.choice(vocab, 50)]
+    masked = np.setdiff1d(masked, heavy)
+    logits[masked] = -np.inf
+    temperature, draws = 0.7, 2000
+    tokens = _draws(logits, draws, temperature, block)
+    assert tokens.min() >= 0 and tokens.max() < vocab
+    assert not np.isin(tokens, masked).any()
+    probs = np.exp((logits - logits.max()) / temperature)
+    probs /= probs.sum()
+    counts = np.bincount(tokens, minlength=vocab).astype(float)
+    expected = probs * draws
+    large = expected >= 5
+    observed = np.r_[counts[large], counts[~large].sum()]
+    wanted = np.r_[expected[large], expected[~large].sum()]
+    assert large.sum() >= 8
+    assert chisquare(observed, wanted).pvalue > 1e-3
+
+
+def test_a_draw_depends_only_on_its_key_and_its_row():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, 3000)
+    first = _draws(logits, 64, 1.0, 128)
+    assert np.array_equal(first, _draws(logits, 64, 1.0, 128))
+    assert len(set(first.tolist())) > 10  # different keys, different tokens
+    # A point mass is always drawn.
+    point = np.full(3000, -np.inf)
+    point[1234] = 0.0
+    assert set(_draws(point, 16, 0.5, 128).tolist()) == {1234}

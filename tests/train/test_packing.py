@@ -351,3 +351,26 @@ def test_a_packed_stage_run_trains_resumes_and_pads_less(ingested_sample, tmp_pa
     losses = [r["loss"] for r in read_metrics(resumed) if r["kind"] == "train"]
     expected = [r["loss"] for r in read_metrics(tmp_path / "packing-True") if r["kind"] == "train"]
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("chunk_tokens", "recomputed"), [(27, False), (1000, False),
+                                                          (21, True)])
+def test_chunked_target_nll_recomputes_only_when_the_targets_need_several_chunks(
+        chunk_tokens, recomputed):
+    """3 rows x 9 targets: 27 or more tokens per chunk hold them all, so the backward pass
+    keeps the one chunk's logits instead of projecting again; fewer need the remat'd scan."""
+    rows, targets, vocab, dim = 3, 9, 50, 8
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(rows, 12, dim)), jnp.float32)
+    logits_at = jnp.asarray(rng.integers(0, 12, (rows, targets)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, vocab, (rows, targets)), jnp.int32)
+    mask = jnp.ones((rows, targets), bool)
+    embedding = jnp.asarray(rng.normal(size=(vocab, dim)), jnp.float32)
+
+    def loss(h, w):
+        return chunked_target_nll(h, logits_at, labels, mask, w,
+                                  lambda x, weights: x @ weights.T, chunk_tokens)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(hidden, embedding))
+    assert ("checkpoint" in jaxpr or "remat" in jaxpr) is recomputed
+    assert ("scan" in jaxpr) is recomputed
