@@ -32,7 +32,7 @@ class TrainConfig:
     logits_chunk: int = 2048
     # Adam learning rate (the paper: 1e-4), constant after warmup.
     learning_rate: float = 1e-4
-    # Linear warmup steps from 0 to learning_rate.
+    # Linear warmup steps up to learning_rate (step s of them at (s + 1) / warmup_steps of it).
     warmup_steps: int = 0
     # After warmup: "constant" (the paper), "cosine" or "linear" decay (calrec_core.train.schedule).
     lr_schedule: str = "constant"

@@ -37,6 +37,7 @@ from calrec_core.train.losses import (
     segment_means,
 )
 from calrec_core.train.schedule import learning_rate_schedule
+from calrec_core.train.shapes import MAX_ROW_LEN
 
 Params = dict[str, Any]
 STEP_METRICS = ("loss", "nig", "tt", "ut", "grad_norm", "target_tokens")
@@ -360,7 +361,10 @@ def estimate_step_bytes(config: TrainConfig, model: Gemma3Config, microbatches: 
     def per_token_layer(row: int) -> float:
         return itemsize * (8 * d + 3 * heads + 4 * f) + 8 * model.num_heads * row
 
-    towers = ((users * tokens_per_user, config.max_sequence_len),
+    # Packed rows may be up to twice the longest sequence (calrec_core.train.shapes).
+    row_len = (max(config.max_sequence_len, min(2 * config.max_sequence_len, MAX_ROW_LEN))
+               if config.packing else config.max_sequence_len)
+    towers = ((users * tokens_per_user, row_len),
               (users * item_len, 4 * item_len))
     activations = 0.0
     for tokens, row in towers:
