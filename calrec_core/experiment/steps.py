@@ -50,9 +50,14 @@ def pipeline_views(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     others read back with ExperimentConfig.from_dict (sections left out: the preset's)."""
     full = as_parameter(config)
     sections = {"preset": full["preset"], "roles": full["roles"], "train": full["train"]}
+    # Model selection evaluates with the eval section (all of it but the test users' cap and
+    # the result sharding), unless selection_eval names a preset.
+    selection = {name: value for name, value in full["eval"].items()
+                 if name not in ("max_users", "shard_size")}
     return {
         "ingest": full["roles"],
-        "train": sections,
+        "train": {**sections, "eval": selection,
+                  "experiment": {"selection_eval": full["experiment"]["selection_eval"]}},
         "evaluate": {**sections, "eval": full["eval"],
                      "experiment": {"baselines": full["experiment"]["baselines"]}},
     }
@@ -112,14 +117,14 @@ def train_stage(config: ExperimentConfig, stage: int, data_dir, output_dir, *,
         if category or init:
             raise ValueError("Stage I trains on every category from the pretrained weights: "
                              "it takes no category and no init model")
-        return run_stage1(data_dir, output_dir, train)
+        return run_stage1(data_dir, output_dir, train, config.selection_eval_config())
     if not category:
         raise ValueError("Stage II needs the category to fine-tune on")
     # "w/o Multi-Category Joint FT" starts Stage II from the pretrained weights.
     if (variant == "no_stage1") != (init is None):
         wanted = "no init model" if variant == "no_stage1" else "the Stage I model as init"
         raise ValueError(f"Stage II of variant {variant!r} needs {wanted}")
-    return run_stage2(data_dir, category, init, output_dir, train)
+    return run_stage2(data_dir, category, init, output_dir, train, config.selection_eval_config())
 
 
 def inline_png(path) -> str:
