@@ -30,8 +30,9 @@ from calrec_core.train.batching import first_fit_decreasing, round_up
 
 # Steps of the stream whose users size the ladder (the same steps on every host and resume).
 PLAN_STEPS = 64
-# Items packed into one item-tower row (its length is this many longest targets + BOS).
-ITEMS_PER_ROW = 4
+# Longest items one item-tower row holds (its length is this many longest targets + BOS):
+# short rows keep the item grid close to the items it needs.
+ITEMS_PER_ROW = 2
 # Per-row target capacity is a multiple of this.
 TARGET_BUCKET = 16
 # Headroom of level 2 over the fullest sampled step (its rows and item rows); a step beyond it
@@ -69,6 +70,24 @@ class StepShape:
 
 def _lengths(example: EncodedExample) -> tuple[int, int]:
     return len(example.prompt_ids) + len(example.target_ids), len(example.target_ids)
+
+
+def balance(examples: Sequence[EncodedExample], microbatches: int) -> list[list[EncodedExample]]:
+    """The step's users split into ``microbatches`` lists of equal count and nearly equal
+    tokens (longest first, each to the lightest microbatch with a free slot), so the step's
+    shape is that of an average microbatch, not of its fullest. Which microbatch holds a user
+    changes nothing: the contrastive losses see every user of the step (two-pass step)."""
+    users = len(examples) // microbatches
+    if microbatches == 1:
+        return [list(examples)]
+    parts: list[list[EncodedExample]] = [[] for _ in range(microbatches)]
+    tokens = [0] * microbatches
+    for index in sorted(range(len(examples)), key=lambda i: (-sum(_lengths(examples[i])), i)):
+        a = min((a for a in range(microbatches) if len(parts[a]) < users),
+                key=lambda a: (tokens[a], a))
+        parts[a].append(examples[index])
+        tokens[a] += sum(_lengths(examples[index]))
+    return parts
 
 
 def pack_users(examples: Sequence[EncodedExample], shape: StepShape):
@@ -110,7 +129,7 @@ class ShapeLadder:
 def fallback_shape(users: int, max_sequence_len: int, max_target_len: int,
                    row_multiple: int) -> StepShape:
     """One user per row at the configured maxima: holds any microbatch of ``users`` users.
-    Every item is at most a quarter of an item row, so first-fit fills each item row with
+    Every item is at most 1 / ITEMS_PER_ROW of an item row, so first-fit fills each row with
     ITEMS_PER_ROW items before opening the next: ceil(users / ITEMS_PER_ROW) rows suffice."""
     return StepShape(
         rows=round_up(users, row_multiple), seq_len=max_sequence_len,

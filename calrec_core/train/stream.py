@@ -19,7 +19,7 @@ from calrec_core.train.batching import (
 )
 from calrec_core.train.config import TrainConfig
 from calrec_core.train.examples import MixtureSampler
-from calrec_core.train.shapes import PLAN_STEPS, ShapeLadder, plan_ladder
+from calrec_core.train.shapes import PLAN_STEPS, ShapeLadder, balance, plan_ladder
 
 
 class BatchStream:
@@ -92,10 +92,8 @@ class BatchStream:
         })
 
     def microbatch_users(self, step: int):
-        """Step ``step``'s encoded users, one list per microbatch."""
-        _, encoded = self.global_examples(step)
-        users = len(encoded) // self.config.microbatches
-        return [encoded[a * users : (a + 1) * users] for a in range(self.config.microbatches)]
+        """Step ``step``'s encoded users, one list per microbatch (balanced in tokens)."""
+        return balance(self.global_examples(step)[1], self.config.microbatches)
 
     @property
     def ladder(self) -> ShapeLadder:
@@ -111,8 +109,9 @@ class BatchStream:
     def _packed(self, encoded) -> Batch:
         micro = self.config.microbatches
         users = len(encoded) // micro
-        shape, plans = self.ladder.fit([encoded[a * users : (a + 1) * users]
-                                        for a in range(micro)])
+        parts = balance(encoded, micro)
+        shape, plans = self.ladder.fit(parts)
+        encoded = [example for part in parts for example in part]
         share = shape.rows // self.process_count
         item_share = shape.item_rows // self.process_count
         user_share = users // self.process_count
