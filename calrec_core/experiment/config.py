@@ -59,9 +59,9 @@ class ExperimentConfig:
     # `train` are used as they are. With a budget, steps and test users are sized from measured
     # step and evaluation times (see plan.py).
     budget_minutes: float = 0.0
-    # Share of the time left after ingestion and probes that goes to training (the rest to the
-    # final evaluations).
-    train_share: float = 0.6
+    # Share of the time left after ingestion, probes, compiles and selection that goes to
+    # training (the rest to the final evaluations; see plan.py).
+    train_share: float = 0.85
     # Share of a Stage I + Stage II chain's steps that Stage I gets under a budget.
     stage1_share: float = 0.5
     # Model-selection evaluations per stage run under a budget (eval_every = steps / this).

@@ -20,7 +20,6 @@ train_stage and evaluate_methods); each resumes on its own, so rerunning the com
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -185,14 +184,19 @@ def _test_users(data_dir, category: str) -> int:
 
 def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
            timing: TimingLog) -> Timings:
-    """Times ``probe_steps`` steps of the first stage the experiment runs, and ``probe_users``
-    test users with the untrained model, in throwaway folders."""
+    """Times ``probe_steps`` steps of the first stage the experiment runs, and test users with
+    the untrained model, in throwaway folders; one-time costs (compiles, model load, BM25
+    build) are measured apart from the steady step and per-user times."""
     import time
 
-    from calrec_core.eval.evaluate import evaluate_split
+    from calrec_core.data import read_examples
+    from calrec_core.eval.catalog import load_catalog
+    from calrec_core.eval.evaluate import score_users
+    from calrec_core.eval.generation import ItemGenerator
     from calrec_core.train.metrics import read_metrics
     from calrec_core.train.models import fresh_model
     from calrec_core.train.stages import run_stage1, run_stage2
+    from calrec_core.user_sample import sample_users
 
     probe = config.train.replace(
         stage1_steps=config.probe_steps, stage2_steps=config.probe_steps,
@@ -206,20 +210,41 @@ def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
     seconds = [r["seconds"] for r in read_metrics(output / "probe" / "train")
                if r["kind"] == "train"]
     step = min(seconds[1:])
-    compile_seconds = max(0.0, seconds[0] - step)
+    # Only the first step compiles: the probe's few steps of one stage take one shape (a
+    # second level would show as a second slow step, counted as another compile).
+    compiles = [s - step for s in seconds if s > 2 * step] or [seconds[0] - step]
     train_probe = time.perf_counter() - began
 
+    category = config.eval_categories[0]
+    eval_config = config.eval.with_training_budget(config.train.max_input_len)
     began = time.perf_counter()
     model, tokenizer = fresh_model(config.train)
-    users = dataclasses.replace(config.eval, max_users=config.probe_users)
-    result = evaluate_split(model, tokenizer, data_dir, config.eval_categories[0], "test",
-                            users)
-    eval_user = (time.perf_counter() - began) / max(1, result.metrics["num_users"])
-    timing.record("probe", seconds=train_probe + time.perf_counter() - began,
-                  step_seconds=step, compile_seconds=compile_seconds,
-                  eval_user_seconds=eval_user)
-    return Timings(step=step, compile=compile_seconds, eval_user=eval_user,
-                   elapsed=timing.total_seconds())
+    load = time.perf_counter() - began
+    began = time.perf_counter()
+    catalog = load_catalog(data_dir, category, eval_config)
+    catalog_seconds = time.perf_counter() - began
+    # One full user batch after a first one that compiles: the steady time per user.
+    count = max(config.probe_users, eval_config.user_batch_size)
+    users = sample_users(read_examples(data_dir, category, "test"), 2 * count, eval_config.seed,
+                         category)
+    generator = ItemGenerator(model, tokenizer, eval_config)
+    began = time.perf_counter()
+    score_users(users[:count], catalog, ["calrec"], eval_config, generator=generator)
+    first = time.perf_counter() - began
+    began = time.perf_counter()
+    steady = users[count:] or users[:count]
+    score_users(steady, catalog, ["calrec"], eval_config, generator=generator)
+    eval_user = (time.perf_counter() - began) / len(steady)
+    eval_compile = max(0.0, first - eval_user * count)
+    timing.record("probe", seconds=train_probe + load + catalog_seconds + first
+                  + eval_user * len(steady), step_seconds=step,
+                  compile_seconds=sum(compiles), step_programs=len(compiles),
+                  eval_user_seconds=eval_user,
+                  one_time={"train_compiles": sum(compiles), "model_load": load,
+                            "bm25_build": catalog_seconds, "eval_compiles": eval_compile})
+    return Timings(step=step, compile=sum(compiles) / len(compiles), eval_user=eval_user,
+                   elapsed=timing.total_seconds(), eval_setup=load + catalog_seconds + eval_compile,
+                   programs_compiled=len(compiles))
 
 
 def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
@@ -233,7 +258,8 @@ def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
     every = plan.stage1_eval_every if stage == 1 else plan.stage2_eval_every
     with timing.phase(phase) as record:
         result = train_stage(config, stage, data_dir, run_dir, category=category, init=init,
-                             variant=variant, steps=planned, eval_every=every)
+                             variant=variant, steps=planned, eval_every=every,
+                             selection_users=plan.selection_users)
         steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
         steady = steps[1:] or steps
         record.update(

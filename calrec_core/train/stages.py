@@ -182,6 +182,10 @@ def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: d
     init_name = None if init_checkpoint is None else str(init_checkpoint)
     log = MetricsLog(run_dir, resume_step=start, enabled=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
+    if config.packing:  # The step shapes, planned before the first step is timed.
+        began = time.perf_counter()
+        logger.info("%s: step shapes %s (%.1f s)", stage, stream.ladder.describe(),
+                    time.perf_counter() - began)
     progress = tqdm(range(start, total_steps), desc=stage, initial=start, total=total_steps,
                     disable=jax.process_index() != 0)
     for step in progress:
