@@ -37,7 +37,7 @@ from calrec_core.experiment.config import ExperimentConfig
 # fallback holds only batches no packed level holds and is not planned for).
 PROGRAMS_PER_RUN = 2
 # Most of the time left after one-time costs that selection may take before it shrinks.
-SELECTION_SHARE = 0.1
+SELECTION_SHARE = 0.04
 # Fewest validation users a selection evaluation scores.
 MIN_SELECTION_USERS = 16
 
@@ -65,6 +65,9 @@ class Plan:
     test_users: int | None  # Test users per category (the same for every method); None = all.
     estimate: dict[str, float]  # Seconds planned per phase ("train", "test_eval", ...).
     selection_users: int | None = None  # Validation users per selection (None: the config's).
+    # TrainConfig settings every stage run (and the probe) takes: resolved microbatches and
+    # remat, the experiment's shared step shapes, shared_program ({} = none).
+    train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,9 +109,13 @@ def unbudgeted_plan(config: ExperimentConfig) -> Plan:
                 config.eval.max_users, {})
 
 
-def train_programs(config: ExperimentConfig) -> int:
-    """Distinct step programs the stage runs compile: one set per stage and loss setting
-    (no_contrastive skips the item tower: its own programs), PROGRAMS_PER_RUN each."""
+def train_programs(config: ExperimentConfig, shared: bool = False) -> int:
+    """Distinct step programs the stage runs compile, PROGRAMS_PER_RUN per set: one set per
+    stage and loss setting (no_contrastive skips the item tower), or, ``shared`` (one ladder
+    of step shapes for both stages, loss weights as step inputs: run.py's packed budgeted
+    experiments), one set for all runs."""
+    if shared:
+        return PROGRAMS_PER_RUN
     families = {(1, run == "no_contrastive") for run in stage1_runs(config)}
     families |= {(2, run == "no_contrastive") for run in stage2_runs(config)}
     return len(families) * PROGRAMS_PER_RUN
@@ -121,8 +128,13 @@ def selection_user_seconds(config: ExperimentConfig, eval_user: float) -> float:
     return eval_user * (chosen.n_gen * chosen.max_new_tokens) / (test.n_gen * test.max_new_tokens)
 
 
-def make_plan(config: ExperimentConfig, timings: Timings, available_users: int) -> Plan:
-    """The plan that fits ``config.budget_minutes`` (module docstring)."""
+def make_plan(config: ExperimentConfig, timings: Timings, available_users: int,
+              train_overrides: dict[str, Any] | None = None) -> Plan:
+    """The plan that fits ``config.budget_minutes`` (module docstring); ``train_overrides``
+    (shared step shapes, shared_program) are what every stage run will take."""
+    train_overrides = dict(train_overrides or {})
+    shared = bool(train_overrides.get("step_shapes")) and bool(
+        train_overrides.get("shared_program"))
     if config.budget_minutes <= 0:
         return unbudgeted_plan(config)
     budget = config.budget_minutes * 60.0
@@ -130,7 +142,8 @@ def make_plan(config: ExperimentConfig, timings: Timings, available_users: int) 
     categories = len(config.eval_categories)
     first, second = stage1_runs(config), stage2_runs(config) * categories
     runs = len(first) + len(second)
-    compiles = max(0, train_programs(config) - timings.programs_compiled) * timings.compile
+    programs = train_programs(config, shared)
+    compiles = max(0, programs - timings.programs_compiled) * timings.compile
     methods = len(model_methods(config))
     per_user = categories * methods * timings.eval_user
     # Final evaluations: one per method and category; selection: one per run.
@@ -187,12 +200,13 @@ def make_plan(config: ExperimentConfig, timings: Timings, available_users: int) 
         stage2_eval_every=max(1, math.ceil(stage2 / sel_evals)),
         test_users=users,
         selection_users=sel_users if selecting else None,
+        train_overrides=train_overrides,
         estimate={
             "budget": budget, "spent": timings.elapsed, "compiles": compiles,
             "eval_setup": setups, "selection": selection, "test_eval": test_eval,
             "train": planned_train, "unplanned": left - one_time - selection - test_eval
             - planned_train, "train_share_of_budget": planned_train / budget,
-            "step_programs": float(train_programs(config)),
+            "step_programs": float(programs),
             "selection_evals_per_run": float(sel_evals),
         },
     )

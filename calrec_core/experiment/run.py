@@ -169,11 +169,40 @@ def _plan(config: ExperimentConfig, data_dir, output: pathlib.Path, timing: Timi
     if config.budget_minutes <= 0:
         plan = unbudgeted_plan(config)
     else:
-        plan = make_plan(config, _probe(config, data_dir, output, timing),
-                         _test_users(data_dir, config.eval_categories[0]))
+        overrides = _shared_steps(config, data_dir)
+        plan = make_plan(config, _probe(config, data_dir, output, timing, overrides),
+                         _test_users(data_dir, config.eval_categories[0]), overrides)
     path.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
     logger.info("plan: %s", plan)
     return plan
+
+
+def _shared_steps(config: ExperimentConfig, data_dir) -> dict:
+    """TrainConfig settings that let every stage run of a budgeted experiment share compiled
+    steps: resolved microbatches (and remat), one ladder of packed step shapes for Stage I and
+    every Stage II, and loss weights as step inputs (shared_program). {} without packing."""
+    train = config.train
+    if not train.packing:
+        return {}
+    from calrec_core.model.sharding import batch_multiple, make_mesh
+    from calrec_core.train.step import resolve_microbatches
+    from calrec_core.train.stream import shared_ladder
+
+    if train.model == "tiny":
+        from calrec_core.model.tokenizer import make_tiny_tokenizer
+        from calrec_core.train.models import TINY_VOCAB
+
+        tokenizer = make_tiny_tokenizer(TINY_VOCAB)
+    else:
+        from calrec_core.model.loading import load_pretrained_tokenizer
+
+        tokenizer = load_pretrained_tokenizer()
+    mesh = make_mesh(data=-1, fsdp=train.fsdp)
+    train = resolve_microbatches(train, mesh)  # the worst case: every user at full length
+    ladder = shared_ladder(data_dir, train, tokenizer, batch_multiple(mesh))
+    return {"microbatches": train.microbatches, "remat": train.remat,
+            "step_shapes": [list(level) for level in ladder.packed_levels()],
+            "shared_program": True}
 
 
 def _test_users(data_dir, category: str) -> int:
@@ -183,7 +212,7 @@ def _test_users(data_dir, category: str) -> int:
 
 
 def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
-           timing: TimingLog) -> Timings:
+           timing: TimingLog, overrides: dict) -> Timings:
     """Times ``probe_steps`` steps of the first stage the experiment runs, and test users with
     the untrained model, in throwaway folders; one-time costs (compiles, model load, BM25
     build) are measured apart from the steady step and per-user times."""
@@ -193,12 +222,13 @@ def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
     from calrec_core.eval.catalog import load_catalog
     from calrec_core.eval.evaluate import score_users
     from calrec_core.eval.generation import ItemGenerator
+    from calrec_core.experiment.steps import stage_train_config
     from calrec_core.train.metrics import read_metrics
     from calrec_core.train.models import fresh_model
     from calrec_core.train.stages import run_stage1, run_stage2
     from calrec_core.user_sample import sample_users
 
-    probe = config.train.replace(
+    probe = stage_train_config(config, 1, overrides=overrides).replace(
         stage1_steps=config.probe_steps, stage2_steps=config.probe_steps,
         eval_every=config.probe_steps, checkpoint_every=config.probe_steps, log_every=1,
         selection_metric="valid_loss", eval_max_users=min(config.train.eval_max_users or 8, 8))
@@ -259,7 +289,8 @@ def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
     with timing.phase(phase) as record:
         result = train_stage(config, stage, data_dir, run_dir, category=category, init=init,
                              variant=variant, steps=planned, eval_every=every,
-                             selection_users=plan.selection_users)
+                             selection_users=plan.selection_users,
+                             overrides=plan.train_overrides)
         steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
         steady = steps[1:] or steps
         record.update(

@@ -83,7 +83,8 @@ def stage_name(stage: int, category: str | None = None) -> str:
 
 def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "calrec",
                        steps: int | None = None, eval_every: int | None = None,
-                       selection_users: int | None = None):
+                       selection_users: int | None = None,
+                       overrides: Mapping[str, Any] | None = None):
     """The TrainConfig of one stage run of ``variant``. ``steps`` replaces the stage's step count
     and ``eval_every`` the selection (and checkpoint) cadence, as a budget plan sizes them;
     None keeps ``config.train``'s."""
@@ -99,6 +100,9 @@ def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "cal
                               log_every=min(train.log_every, eval_every))
     if selection_users is not None:  # A budget plan's selection sample.
         train = train.replace(eval_max_users=selection_users)
+    if overrides:  # A budget plan's shared step shapes and resolved microbatches.
+        train = train.replace(**{name: (tuple(map(tuple, value)) if name == "step_shapes"
+                                        else value) for name, value in overrides.items()})
     if variant == "no_contrastive":
         train = train.replace(alpha=0.0, beta=0.0)
     if train.lr_schedule != "constant":
@@ -111,13 +115,14 @@ def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "cal
 def train_stage(config: ExperimentConfig, stage: int, data_dir, output_dir, *,
                 category: str | None = None, init: str | None = None, variant: str = "calrec",
                 steps: int | None = None, eval_every: int | None = None,
-                selection_users: int | None = None):
+                selection_users: int | None = None,
+                overrides: Mapping[str, Any] | None = None):
     """Stage I (every category at the mixture weights) or Stage II (``category`` from the Stage I
     export ``init``) of ``variant``; resumes from ``output_dir``. Returns the StageResult."""
     from calrec_core.train.stages import run_stage1, run_stage2
 
     train = stage_train_config(config, stage, variant, steps=steps, eval_every=eval_every,
-                               selection_users=selection_users)
+                               selection_users=selection_users, overrides=overrides)
     if stage == 1:
         if category or init:
             raise ValueError("Stage I trains on every category from the pretrained weights: "

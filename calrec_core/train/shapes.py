@@ -125,6 +125,23 @@ class ShapeLadder:
     def describe(self) -> list[dict]:
         return [dataclasses.asdict(level) for level in self.levels]
 
+    def packed_levels(self) -> tuple[tuple[int, ...], ...]:
+        """The packed levels as TrainConfig.step_shapes takes them."""
+        return tuple(level.key() for level in self.levels if level.packed)
+
+
+def ladder_from(levels: Sequence[Sequence[int]], users: int, max_sequence_len: int,
+                max_target_len: int, row_multiple: int = 1) -> ShapeLadder:
+    """The ladder of given packed levels ((rows, seq_len, item_rows, item_len, target_len)
+    each, as ``ShapeLadder.packed_levels`` lists them) and the fallback."""
+    packed = [StepShape(*map(int, level), packed=True) for level in levels]
+    if len(packed) > 2 or any(level.rows % row_multiple or level.item_rows % row_multiple
+                              for level in packed):
+        raise ValueError(f"step_shapes {list(levels)}: at most two packed levels, rows and "
+                         f"item rows multiples of {row_multiple}")
+    fallback = fallback_shape(users, max_sequence_len, max_target_len, row_multiple)
+    return ShapeLadder(tuple([*packed, fallback]))
+
 
 def fallback_shape(users: int, max_sequence_len: int, max_target_len: int,
                    row_multiple: int) -> StepShape:

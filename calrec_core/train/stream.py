@@ -19,7 +19,13 @@ from calrec_core.train.batching import (
 )
 from calrec_core.train.config import TrainConfig
 from calrec_core.train.examples import MixtureSampler
-from calrec_core.train.shapes import PLAN_STEPS, ShapeLadder, balance, plan_ladder
+from calrec_core.train.shapes import (
+    PLAN_STEPS,
+    ShapeLadder,
+    balance,
+    ladder_from,
+    plan_ladder,
+)
 
 
 class BatchStream:
@@ -99,6 +105,10 @@ class BatchStream:
     def ladder(self) -> ShapeLadder:
         """The run's packed step shapes (from steps 0 .. PLAN_STEPS - 1, whatever step a resumed
         run starts at)."""
+        if self._ladder is None and self.config.step_shapes:
+            self._ladder = ladder_from(
+                self.config.step_shapes, self.config.batch_size // self.config.microbatches,
+                self.config.max_sequence_len, self.config.max_target_len, self.row_multiple)
         if self._ladder is None:
             self._ladder = plan_ladder(
                 [self.microbatch_users(step) for step in range(PLAN_STEPS)],
@@ -124,6 +134,30 @@ class BatchStream:
             item_slice=slice(i * item_share, (i + 1) * item_share),
             user_slice=slice(i * user_share, (i + 1) * user_share),
         )
+
+
+def shared_ladder(data_dir, config: TrainConfig, tokenizer, row_multiple: int = 1) -> ShapeLadder:
+    """One ladder for Stage I and every Stage II of ``data_dir`` (from the first steps of each
+    stage's stream), so that all stage runs of an experiment share their compiled steps.
+    ``config.microbatches`` must be resolved."""
+    from calrec_core.data import load_mixture
+    from calrec_core.train.examples import category_roles, load_training_sequences
+
+    weights = {name: float(w) for name, w in load_mixture(data_dir)["weights"].items()}
+    roles = category_roles(data_dir, sorted(weights))
+    streams = [("stage1", weights)] + [("stage2", {name: 1.0}) for name, role in roles.items()
+                                       if role == "eval"]
+    encoder = ExampleEncoder(tokenizer, config.max_input_len, config.max_target_len)
+    sample = []
+    for stage, mixture in streams:
+        sampler = MixtureSampler(load_training_sequences(data_dir, sorted(mixture)), mixture,
+                                 seed=config.seed, stream=stage,
+                                 max_drop_last=config.max_drop_last)
+        stream = BatchStream(sampler, encoder, config, process_index=0, process_count=1)
+        sample += [stream.microbatch_users(step)
+                   for step in range(max(8, PLAN_STEPS // len(streams)))]
+    return plan_ladder(sample, max_sequence_len=config.max_sequence_len,
+                       max_target_len=config.max_target_len, row_multiple=row_multiple)
 
 
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> Batch:
