@@ -9,7 +9,8 @@ and the probe already took. Every second of the budget is given to one of:
     compiles     one per distinct step program not compiled yet (runs of one stage and one
                  loss setting share programs through the persistent compilation cache; a
                  stage run compiles up to PROGRAMS_PER_RUN of them, the probe's are done)
-    eval_setup   one-time costs of every final and selection evaluation
+    eval_setup   one-time costs of every final and selection evaluation, and of every stage
+                 run (model load, checkpoint, export)
     selection    selection evaluations: runs x evaluations x users x per-user time, priced
                  with the settings selection really evaluates with (selection_eval)
     test_eval    the final evaluations: users x categories x model methods x per-user time
@@ -51,6 +52,7 @@ class Timings:
     eval_user: float  # One test user with one model method (generation + BM25 + fusion), steady.
     elapsed: float  # Already spent: ingestion and probes.
     eval_setup: float = 0.0  # One-time costs of one evaluation: model load, BM25, compiles.
+    run_setup: float = 0.0  # One stage run's own costs besides steps: load, checkpoint, export.
     programs_compiled: int = 1  # Step programs the probe compiled (kept in the cache).
 
 
@@ -149,6 +151,7 @@ def make_plan(config: ExperimentConfig, timings: Timings, available_users: int,
     # Final evaluations: one per method and category; selection: one per run.
     selecting = config.train.selection_metric == "ndcg@10_pes"
     setups = (categories * methods + (runs if selecting else 0)) * timings.eval_setup
+    setups += runs * timings.run_setup
     one_time = compiles + setups
 
     # Selection: as configured, then fewer evaluations, then fewer users, within its share.

@@ -169,7 +169,9 @@ def _plan(config: ExperimentConfig, data_dir, output: pathlib.Path, timing: Timi
     if config.budget_minutes <= 0:
         plan = unbudgeted_plan(config)
     else:
-        overrides = _shared_steps(config, data_dir)
+        with timing.phase("step_shapes") as record:
+            overrides = _shared_steps(config, data_dir)
+            record.update(overrides)
         plan = make_plan(config, _probe(config, data_dir, output, timing, overrides),
                          _test_users(data_dir, config.eval_categories[0]), overrides)
     path.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
@@ -244,6 +246,8 @@ def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
     # second level would show as a second slow step, counted as another compile).
     compiles = [s - step for s in seconds if s > 2 * step] or [seconds[0] - step]
     train_probe = time.perf_counter() - began
+    # What the run took besides its steps: model load, set-up, checkpoint, export.
+    run_setup = max(0.0, train_probe - sum(seconds))
 
     category = config.eval_categories[0]
     eval_config = config.eval.with_training_budget(config.train.max_input_len)
@@ -270,11 +274,12 @@ def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
                   + eval_user * len(steady), step_seconds=step,
                   compile_seconds=sum(compiles), step_programs=len(compiles),
                   eval_user_seconds=eval_user,
-                  one_time={"train_compiles": sum(compiles), "model_load": load,
-                            "bm25_build": catalog_seconds, "eval_compiles": eval_compile})
+                  one_time={"train_compiles": sum(compiles), "run_setup": run_setup,
+                            "model_load": load, "bm25_build": catalog_seconds,
+                            "eval_compiles": eval_compile})
     return Timings(step=step, compile=sum(compiles) / len(compiles), eval_user=eval_user,
                    elapsed=timing.total_seconds(), eval_setup=load + catalog_seconds + eval_compile,
-                   programs_compiled=len(compiles))
+                   programs_compiled=len(compiles), run_setup=run_setup)
 
 
 def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
