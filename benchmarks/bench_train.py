@@ -3,8 +3,10 @@
 Times the optimizer step (both towers, the three losses, Adam) on batches drawn exactly as
 Stage I draws them, for packed rows (the change) and, as the baseline in the same run, one
 padded row per user (``packing=false``); optionally also the NIG-only ablation. Reports per
-variant the median step time, real (unpadded) tokens per second through both towers, the
-share of computed token slots that are padding, compile time, XLA's compiled memory and MFU.
+variant the distinct step shapes (each one compiled program) with their step counts, each
+compile's seconds apart from the steady step time (the median of the compiled steps), real
+(unpadded) tokens per second through both towers, the share of computed token slots that
+are padding, XLA's compiled memory and MFU.
 
 MFU = model FLOPs / step time / peak FLOPs, model FLOPs = 6 * N * real tokens (N: the
 non-embedding parameters, both towers' tokens) + 6 * V * D * real target tokens (the tied
@@ -69,14 +71,18 @@ def measure(data_dir: str, config, steps: int, model, tokenizer, peak: float | N
     embedding = model.config.vocab_size * model.config.embed_dim
     body = model.config.num_non_embedding_params
     timings, tokens, targets, padding, flops = [], [], [], [], []
-    compile_s = None
+    shapes: dict[str, int] = {}  # distinct step shapes (one compiled program each): steps
+    compiles: list[float] = []
     for step in range(steps + 1):
         local = stream.local_batch(step)
         batch = to_global(local, batch_sharding(mesh))
-        began = time.perf_counter()
-        trainer.compiled_step(params, opt_state, batch)
-        if step == 0:
-            compile_s = time.perf_counter() - began
+        shape = "x".join(map(str, batch.tokens.shape)) + " items " + "x".join(
+            map(str, batch.item_tokens.shape)) + f" targets {batch.labels.shape[-1]}"
+        if shape not in shapes:  # A new program: its compile is timed apart from the step.
+            began = time.perf_counter()
+            trainer.compiled_step(params, opt_state, batch)
+            compiles.append(time.perf_counter() - began)
+        shapes[shape] = shapes.get(shape, 0) + 1
         began = time.perf_counter()
         params, opt_state, metrics = trainer.train_step(params, opt_state, batch)
         jax.block_until_ready(metrics)
@@ -92,7 +98,10 @@ def measure(data_dir: str, config, steps: int, model, tokenizer, peak: float | N
     return {
         "microbatches": config.microbatches,
         "remat": config.remat,
-        "compile_s": round(compile_s, 2),
+        "step_shapes": shapes,
+        "compiles": len(compiles),
+        "compile_s": [round(c, 2) for c in compiles],
+        "ladder": stream.ladder.describe() if config.packing else None,
         "compiled_memory_gib": (round(trainer.memory_bytes / 2**30, 2)
                                 if trainer.memory_bytes else None),
         "step_s_median": round(step_s, 4),

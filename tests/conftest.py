@@ -19,8 +19,10 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample" / "amazon2018"
 SAMPLE_CONFIG = REPO_ROOT / "configs" / "sample.yaml"
-# The wider real data set sits beside a developer's checkout; users may not have it.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The wider real data set sits beside a developer's checkout (or where $CALREC_SHARED_DATA
+# says); users may not have it.
+SHARED_DATA = pathlib.Path(os.environ.get("CALREC_SHARED_DATA",
+                                          REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,7 @@ def sample_config() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not beside this checkout")
+        pytest.skip(f"{SHARED_DATA} is not there (set $CALREC_SHARED_DATA)")
     return SHARED_DATA
 
 

@@ -27,6 +27,7 @@ from calrec_core.eval.config import EvalConfig
 from calrec_core.eval.metrics import mean_metrics, metric_columns
 from calrec_core.eval.scoring import MODEL_METHODS, check_methods, quality_levers, score_batch
 from calrec_core.folder_lock import locks_folder
+from calrec_core.user_sample import sample_users
 
 MANIFEST_FILE = "run.json"
 SHARDS_DIR = "shards"
@@ -66,9 +67,10 @@ def summarize(rows: Sequence[dict]) -> dict:
     return summary
 
 
-def _select_users(examples: list[dict], config: EvalConfig) -> list[dict]:
-    examples = sorted(examples, key=lambda e: e["user_id"])
-    return examples[: config.max_users] if config.max_users is not None else examples
+def _select_users(examples: list[dict], config: EvalConfig, category: str) -> list[dict]:
+    """Every user by id, or a uniform sample of ``max_users`` seeded by ``config.seed`` and the
+    category (the same users for every method; calrec_core.user_sample)."""
+    return sample_users(examples, config.max_users, config.seed, category)
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -122,7 +124,7 @@ def evaluate_split(
 
     (method,) = check_methods([method])
     catalog = load_catalog(data_dir, category, config)
-    examples = _select_users(read_examples(data_dir, category, split), config)
+    examples = _select_users(read_examples(data_dir, category, split), config, category)
     generator = ItemGenerator(model, tokenizer, config, mesh) if method in MODEL_METHODS else None
     with _progress(len(examples), f"{category}/{split} {method}", show_progress) as bar:
         rows = score_users(examples, catalog, [method], config, generator=generator, progress=bar)
@@ -299,7 +301,7 @@ def run_evaluation(
     else:
         model_label = None
     catalog = load_catalog(data_dir, category, config)
-    examples = _select_users(read_examples(data_dir, category, split), config)
+    examples = _select_users(read_examples(data_dir, category, split), config, category)
     fingerprint = model_fingerprint(model_source, model_and_tokenizer) if needs_model else None
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")

@@ -77,7 +77,7 @@ class ItemGenerator:
     def sample(
         self, histories: Sequence[Sequence[str]], template: str, seed: int
     ) -> list[list[Generation]]:
-        from calrec_core.model.decoding import generate
+        from calrec_core.model.decoding import generate, prompt_buckets
 
         prompts = [
             build_prompt(self.tokenizer, h, template, self.config.prompt_budget) for h in histories
@@ -96,6 +96,10 @@ class ItemGenerator:
             length_bucket=self.config.length_bucket,
             pad_id=getattr(self.tokenizer, "pad_id", 0),
             mesh=self.mesh,
+            # One batch size and at most three prompt lengths: at most three decode programs
+            # per evaluation, whatever its users (the last, smaller user batch included).
+            prompt_lengths=prompt_buckets(self.config.prompt_budget, self.config.length_bucket),
+            batch_prompts=self.config.user_batch_size,
         )
         return [[self._decode(sample) for sample in samples] for samples in outputs]
 

@@ -62,7 +62,9 @@ def settings_line(result: dict) -> str:
     return (f"Preset: {result.get('preset', 'unknown')}. Users: {users}. "
             f"N_gen: {config.get('n_gen')}, N_preds: {config.get('n_preds')}, "
             f"sampling temperature: {config.get('sampling_temperature')}, "
-            f"max users: {config.get('max_users')}.")
+            f"max users: {config.get('max_users')}"
+            + (f" (a uniform sample, seed {config.get('seed')})" if config.get("max_users")
+               else "") + ".")
 
 
 def _opt_pes(metrics: dict, name: str) -> str:

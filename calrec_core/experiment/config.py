@@ -59,13 +59,16 @@ class ExperimentConfig:
     # `train` are used as they are. With a budget, steps and test users are sized from measured
     # step and evaluation times (see plan.py).
     budget_minutes: float = 0.0
-    # Share of the time left after ingestion and probes that goes to training (the rest to the
-    # final evaluations).
-    train_share: float = 0.6
+    # Share of the time left after ingestion, probes, compiles and selection that goes to
+    # training (the rest to the final evaluations; see plan.py).
+    train_share: float = 0.93
     # Share of a Stage I + Stage II chain's steps that Stage I gets under a budget.
     stage1_share: float = 0.5
     # Model-selection evaluations per stage run under a budget (eval_every = steps / this).
     selection_evals: int = 4
+    # How selection evaluates: "eval" = with this experiment's `eval` section (one place for
+    # evaluation settings), or an EvalConfig preset name ("tiny", "demo", "paper").
+    selection_eval: str = "eval"
     # Trained variants, in report order (VARIANTS); "calrec" is the one the others compare to.
     variants: tuple[str, ...] = ("calrec", "no_contrastive", "no_stage1")
     # Untrained baselines (BASELINES).
@@ -95,12 +98,22 @@ class ExperimentConfig:
         for name in ("selection_evals", "probe_steps", "probe_users"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.selection_eval not in ("eval", "tiny", "demo", "paper"):
+            problems.append(f"selection_eval must be 'eval' or a preset name, got "
+                            f"{self.selection_eval!r}")
         if self.probe_steps < 2:
             problems.append("probe_steps must be >= 2 (the first step includes compilation)")
         if not [c for c in self.roles.categories if c.role == "eval"]:
             problems.append("the roles name no eval category to test on")
         if problems:
             raise ValueError("invalid experiment config: " + "; ".join(problems))
+
+    def selection_eval_config(self) -> EvalConfig:
+        """The EvalConfig model selection samples and fuses with (its users are the training
+        config's eval_max_users sample, whatever max_users says)."""
+        if self.selection_eval == "eval":
+            return self.eval
+        return EvalConfig.preset(self.selection_eval)
 
     @property
     def eval_categories(self) -> tuple[str, ...]:

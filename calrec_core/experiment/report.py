@@ -164,8 +164,10 @@ def write_experiment_report(config: ExperimentConfig, plan: Plan,
     evaluation = config.eval
     lines = [
         "# calrec experiment", "",
-        f"Preset `{config.preset}`; test split; the same first {plan.test_users or 'all'} "
-        f"users (by id) of each category for every method; N_gen {evaluation.n_gen}, "
+        f"Preset `{config.preset}`; test split; "
+        + (f"a uniform sample of {plan.test_users} users of each category (seed "
+           f"{evaluation.seed}), the same for every method" if plan.test_users
+           else "every user of each category") + f"; N_gen {evaluation.n_gen}, "
         f"N_preds {evaluation.n_preds}, sampling temperature {evaluation.sampling_temperature}, "
         f"seed {evaluation.seed}; training seed {config.train.seed}.",
         f"Plan: Stage I {plan.stage1_steps} steps, Stage II {plan.stage2_steps} steps, "

@@ -21,7 +21,6 @@ train_stage and evaluate_methods); each resumes on its own, so rerunning the com
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -173,11 +172,42 @@ def _plan(config: ExperimentConfig, data_dir, output: pathlib.Path, timing: Timi
     if config.budget_minutes <= 0:
         plan = unbudgeted_plan(config)
     else:
-        plan = make_plan(config, _probe(config, data_dir, output, timing),
-                         _test_users(data_dir, config.eval_categories[0]))
+        with timing.phase("step_shapes") as record:
+            overrides = _shared_steps(config, data_dir)
+            record.update(overrides)
+        plan = make_plan(config, _probe(config, data_dir, output, timing, overrides),
+                         _test_users(data_dir, config.eval_categories[0]), overrides)
     path.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
     logger.info("plan: %s", plan)
     return plan
+
+
+def _shared_steps(config: ExperimentConfig, data_dir) -> dict:
+    """TrainConfig settings that let every stage run of a budgeted experiment share compiled
+    steps: resolved microbatches (and remat), one ladder of packed step shapes for Stage I and
+    every Stage II, and loss weights as step inputs (shared_program). {} without packing."""
+    train = config.train
+    if not train.packing:
+        return {}
+    from calrec_core.model.sharding import batch_multiple, make_mesh
+    from calrec_core.train.step import resolve_microbatches
+    from calrec_core.train.stream import shared_ladder
+
+    if train.model == "tiny":
+        from calrec_core.model.tokenizer import make_tiny_tokenizer
+        from calrec_core.train.models import TINY_VOCAB
+
+        tokenizer = make_tiny_tokenizer(TINY_VOCAB)
+    else:
+        from calrec_core.model.loading import load_pretrained_tokenizer
+
+        tokenizer = load_pretrained_tokenizer()
+    mesh = make_mesh(data=-1, fsdp=train.fsdp)
+    train = resolve_microbatches(train, mesh)  # the worst case: every user at full length
+    ladder = shared_ladder(data_dir, train, tokenizer, batch_multiple(mesh))
+    return {"microbatches": train.microbatches, "remat": train.remat,
+            "step_shapes": [list(level) for level in ladder.packed_levels()],
+            "shared_program": True}
 
 
 def _test_users(data_dir, category: str) -> int:
@@ -187,17 +217,23 @@ def _test_users(data_dir, category: str) -> int:
 
 
 def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
-           timing: TimingLog) -> Timings:
-    """Times ``probe_steps`` steps of the first stage the experiment runs, and ``probe_users``
-    test users with the untrained model, in throwaway folders."""
+           timing: TimingLog, overrides: dict) -> Timings:
+    """Times ``probe_steps`` steps of the first stage the experiment runs, and test users with
+    the untrained model, in throwaway folders; one-time costs (compiles, model load, BM25
+    build) are measured apart from the steady step and per-user times."""
     import time
 
-    from calrec_core.eval.evaluate import evaluate_split
+    from calrec_core.data import read_examples
+    from calrec_core.eval.catalog import load_catalog
+    from calrec_core.eval.evaluate import score_users
+    from calrec_core.eval.generation import ItemGenerator
+    from calrec_core.experiment.steps import stage_train_config
     from calrec_core.train.metrics import read_metrics
     from calrec_core.train.models import fresh_model
     from calrec_core.train.stages import run_stage1, run_stage2
+    from calrec_core.user_sample import sample_users
 
-    probe = config.train.replace(
+    probe = stage_train_config(config, 1, overrides=overrides).replace(
         stage1_steps=config.probe_steps, stage2_steps=config.probe_steps,
         eval_every=config.probe_steps, checkpoint_every=config.probe_steps, log_every=1,
         selection_metric="valid_loss", eval_max_users=min(config.train.eval_max_users or 8, 8))
@@ -209,20 +245,44 @@ def _probe(config: ExperimentConfig, data_dir, output: pathlib.Path,
     seconds = [r["seconds"] for r in read_metrics(output / "probe" / "train")
                if r["kind"] == "train"]
     step = min(seconds[1:])
-    compile_seconds = max(0.0, seconds[0] - step)
+    # Only the first step compiles: the probe's few steps of one stage take one shape (a
+    # second level would show as a second slow step, counted as another compile).
+    compiles = [s - step for s in seconds if s > 2 * step] or [seconds[0] - step]
     train_probe = time.perf_counter() - began
+    # What the run took besides its steps: model load, set-up, checkpoint, export.
+    run_setup = max(0.0, train_probe - sum(seconds))
 
+    category = config.eval_categories[0]
+    eval_config = config.eval.with_training_budget(config.train.max_input_len)
     began = time.perf_counter()
     model, tokenizer = fresh_model(config.train)
-    users = dataclasses.replace(config.eval, max_users=config.probe_users)
-    result = evaluate_split(model, tokenizer, data_dir, config.eval_categories[0], "test",
-                            users)
-    eval_user = (time.perf_counter() - began) / max(1, result.metrics["num_users"])
-    timing.record("probe", seconds=train_probe + time.perf_counter() - began,
-                  step_seconds=step, compile_seconds=compile_seconds,
-                  eval_user_seconds=eval_user)
-    return Timings(step=step, compile=compile_seconds, eval_user=eval_user,
-                   elapsed=timing.total_seconds())
+    load = time.perf_counter() - began
+    began = time.perf_counter()
+    catalog = load_catalog(data_dir, category, eval_config)
+    catalog_seconds = time.perf_counter() - began
+    # One full user batch after a first one that compiles: the steady time per user.
+    count = max(config.probe_users, eval_config.user_batch_size)
+    users = sample_users(read_examples(data_dir, category, "test"), 2 * count, eval_config.seed,
+                         category)
+    generator = ItemGenerator(model, tokenizer, eval_config)
+    began = time.perf_counter()
+    score_users(users[:count], catalog, ["calrec"], eval_config, generator=generator)
+    first = time.perf_counter() - began
+    began = time.perf_counter()
+    steady = users[count:] or users[:count]
+    score_users(steady, catalog, ["calrec"], eval_config, generator=generator)
+    eval_user = (time.perf_counter() - began) / len(steady)
+    eval_compile = max(0.0, first - eval_user * count)
+    timing.record("probe", seconds=train_probe + load + catalog_seconds + first
+                  + eval_user * len(steady), step_seconds=step,
+                  compile_seconds=sum(compiles), step_programs=len(compiles),
+                  eval_user_seconds=eval_user,
+                  one_time={"train_compiles": sum(compiles), "run_setup": run_setup,
+                            "model_load": load, "bm25_build": catalog_seconds,
+                            "eval_compiles": eval_compile})
+    return Timings(step=step, compile=sum(compiles) / len(compiles), eval_user=eval_user,
+                   elapsed=timing.total_seconds(), eval_setup=load + catalog_seconds + eval_compile,
+                   programs_compiled=len(compiles), run_setup=run_setup)
 
 
 def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
@@ -236,7 +296,9 @@ def _train(timing: TimingLog, phase: str, config: ExperimentConfig, plan: Plan,
     every = plan.stage1_eval_every if stage == 1 else plan.stage2_eval_every
     with timing.phase(phase) as record:
         result = train_stage(config, stage, data_dir, run_dir, category=category, init=init,
-                             variant=variant, steps=planned, eval_every=every)
+                             variant=variant, steps=planned, eval_every=every,
+                             selection_users=plan.selection_users,
+                             overrides=plan.train_overrides)
         steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
         steady = steps[1:] or steps
         record.update(

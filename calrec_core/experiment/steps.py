@@ -51,9 +51,14 @@ def pipeline_views(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     others read back with ExperimentConfig.from_dict (sections left out: the preset's)."""
     full = as_parameter(config)
     sections = {"preset": full["preset"], "roles": full["roles"], "train": full["train"]}
+    # Model selection evaluates with the eval section (all of it but the test users' cap and
+    # the result sharding), unless selection_eval names a preset.
+    selection = {name: value for name, value in full["eval"].items()
+                 if name not in ("max_users", "shard_size")}
     return {
         "ingest": full["roles"],
-        "train": sections,
+        "train": {**sections, "eval": selection,
+                  "experiment": {"selection_eval": full["experiment"]["selection_eval"]}},
         "evaluate": {**sections, "eval": full["eval"],
                      "experiment": {"baselines": full["experiment"]["baselines"]}},
     }
@@ -78,7 +83,9 @@ def stage_name(stage: int, category: str | None = None) -> str:
 
 
 def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "calrec",
-                       steps: int | None = None, eval_every: int | None = None):
+                       steps: int | None = None, eval_every: int | None = None,
+                       selection_users: int | None = None,
+                       overrides: Mapping[str, Any] | None = None):
     """The TrainConfig of one stage run of ``variant``. ``steps`` replaces the stage's step count
     and ``eval_every`` the selection (and checkpoint) cadence, as a budget plan sizes them;
     None keeps ``config.train``'s."""
@@ -92,6 +99,11 @@ def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "cal
     if eval_every is not None:
         train = train.replace(eval_every=eval_every, checkpoint_every=eval_every,
                               log_every=min(train.log_every, eval_every))
+    if selection_users is not None:  # A budget plan's selection sample.
+        train = train.replace(eval_max_users=selection_users)
+    if overrides:  # A budget plan's shared step shapes and resolved microbatches.
+        train = train.replace(**{name: (tuple(map(tuple, value)) if name == "step_shapes"
+                                        else value) for name, value in overrides.items()})
     if variant == "no_contrastive":
         train = train.replace(alpha=0.0, beta=0.0)
     if train.lr_schedule != "constant":
@@ -103,24 +115,27 @@ def stage_train_config(config: ExperimentConfig, stage: int, variant: str = "cal
 
 def train_stage(config: ExperimentConfig, stage: int, data_dir, output_dir, *,
                 category: str | None = None, init: str | None = None, variant: str = "calrec",
-                steps: int | None = None, eval_every: int | None = None):
+                steps: int | None = None, eval_every: int | None = None,
+                selection_users: int | None = None,
+                overrides: Mapping[str, Any] | None = None):
     """Stage I (every category at the mixture weights) or Stage II (``category`` from the Stage I
     export ``init``) of ``variant``; resumes from ``output_dir``. Returns the StageResult."""
     from calrec_core.train.stages import run_stage1, run_stage2
 
-    train = stage_train_config(config, stage, variant, steps=steps, eval_every=eval_every)
+    train = stage_train_config(config, stage, variant, steps=steps, eval_every=eval_every,
+                               selection_users=selection_users, overrides=overrides)
     if stage == 1:
         if category or init:
             raise ValueError("Stage I trains on every category from the pretrained weights: "
                              "it takes no category and no init model")
-        return run_stage1(data_dir, output_dir, train)
+        return run_stage1(data_dir, output_dir, train, config.selection_eval_config())
     if not category:
         raise ValueError("Stage II needs the category to fine-tune on")
     # "w/o Multi-Category Joint FT" starts Stage II from the pretrained weights.
     if (variant == "no_stage1") != (init is None):
         wanted = "no init model" if variant == "no_stage1" else "the Stage I model as init"
         raise ValueError(f"Stage II of variant {variant!r} needs {wanted}")
-    return run_stage2(data_dir, category, init, output_dir, train)
+    return run_stage2(data_dir, category, init, output_dir, train, config.selection_eval_config())
 
 
 def image_page(path, title: str) -> str:

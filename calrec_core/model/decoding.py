@@ -202,6 +202,8 @@ def generate(
     length_bucket: int = 64,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    prompt_lengths: Sequence[int] = (),
+    batch_prompts: int | None = None,
 ) -> list[list[Sample]]:
     """``num_samples`` continuations of each prompt (token ids, BOS included).
 
@@ -212,6 +214,10 @@ def generate(
     batch_size: rows (prompt x sample pairs) decoded together, at least one prompt with all
       its samples; each prompt is encoded once and its KV cache copied to its samples.
       Prompts are left-padded to a multiple of ``length_bucket`` to limit recompiles.
+    prompt_lengths: the padded prompt lengths to use (ascending; ``prompt_buckets``): a batch
+      takes the smallest that holds its longest prompt (one longer than all: length_bucket).
+    batch_prompts: pad every batch to this many prompts (at most a full batch's), so calls of
+      any size share one decode program; None: to a power of two >= 2.
     mesh: decode data-parallel on this mesh (the model is sharded onto it).
     """
     if num_samples < 1 or max_new_tokens < 1:
@@ -249,13 +255,15 @@ def generate(
     starts = range(0, len(order), prompts_per_batch)
     for start in tqdm(starts, desc="Sampling", unit="batch", disable=not progress):
         chunk = order[start : start + prompts_per_batch]
-        # Pad to a power of two >= 2 prompts (few shapes to compile) with copies of a prompt.
-        size = min(
-            prompts_per_batch, _round_up(max(2, 1 << (len(chunk) - 1).bit_length()), multiple)
-        )
+        # Pad to a fixed count (or a power of two >= 2) of prompts with copies of a prompt: few
+        # shapes to compile.
+        wanted = batch_prompts or max(2, 1 << (len(chunk) - 1).bit_length())
+        size = min(prompts_per_batch, _round_up(max(wanted, len(chunk)), multiple))
         padded = chunk + [chunk[-1]] * (size - len(chunk))
         chunk_prompts = [prompts[p] for p in padded]
-        length = _round_up(max(len(p) for p in chunk_prompts), length_bucket)
+        longest = max(len(p) for p in chunk_prompts)
+        length = next((n for n in sorted(prompt_lengths) if n >= longest),
+                      _round_up(longest, length_bucket))
         tokens, positions, mask = _left_pad(chunk_prompts, length, pad_id)
         keys = _row_keys(
             seed,
@@ -292,6 +300,15 @@ def generate(
                     stopped=bool(done[row]),
                 )
     return results  # type: ignore[return-value]
+
+
+def prompt_buckets(budget: int, length_bucket: int, count: int = 3) -> tuple[int, ...]:
+    """At most ``count`` padded prompt lengths covering prompts of up to ``budget`` tokens:
+    multiples of length_bucket at about 1/count, 2/count, ... of the budget, so an evaluation
+    compiles at most ``count`` decode programs per batch size."""
+    top = _round_up(budget, length_bucket)
+    return tuple(sorted({min(top, _round_up(-(-budget * k // count), length_bucket))
+                         for k in range(1, count + 1)}))
 
 
 def _to_mesh(array: np.ndarray, sharding) -> jax.Array:

@@ -494,6 +494,28 @@ def _release_freed_memory() -> None:
         trim(0)
 
 
+def load_pretrained_tokenizer(source: str | os.PathLike | None = None,
+                              cache_dir: str | os.PathLike | None = None):
+    """The pretrained checkpoint's tokenizer alone (no weights converted): from the converted
+    cache when there is one, else read from the ``.gguf`` file or HF directory itself."""
+    from calrec_core.model.tokenizer import Tokenizer
+
+    if source is None:
+        source = default_source()
+    elif storage.is_remote(source):
+        source = _downloaded(os.fspath(source))
+    source = pathlib.Path(source)
+    root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_root()
+    cache = cache_dir_for(source, root)
+    if (cache / _DONE).exists():
+        return Tokenizer.load(cache)
+    if source.is_dir():
+        return hf_tokenizer(source, json.loads((source / "config.json").read_text()))
+    from gguf import GGUFReader
+
+    return gguf_tokenizer(GGUFReader(str(source)))
+
+
 def load_pretrained(
     source: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,

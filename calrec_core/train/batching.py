@@ -129,26 +129,36 @@ def collate(
                  user_mask=np.ones(size, bool))
 
 
-def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Bins (lists of indices, each in ascending order) holding ``lengths`` within capacity.
+def first_fit_decreasing(lengths: Sequence[int], capacity: int,
+                         weights: Sequence[int] | None = None,
+                         weight_capacity: int | None = None) -> list[list[int]]:
+    """Bins (lists of indices, each in ascending order) holding ``lengths`` within capacity,
+    and, when given, ``weights`` (a second size, e.g. target tokens) within weight_capacity.
 
     Longest first, each into the first bin with room: deterministic, and within 11/9 of the
     fewest bins, so rows of packed sequences are mostly full.
     """
+    if weights is None:
+        weights, weight_capacity = [0] * len(lengths), 0
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
     room: list[int] = []
+    weight_room: list[int] = []
     for index in order:
-        if lengths[index] > capacity:
-            raise ValueError(f"sequence {index} of {lengths[index]} tokens exceeds {capacity}")
+        size, weight = lengths[index], weights[index]
+        if size > capacity or weight > weight_capacity:
+            raise ValueError(f"sequence {index} of {size} tokens ({weight}) exceeds {capacity} "
+                             f"({weight_capacity})")
         for b, free in enumerate(room):
-            if lengths[index] <= free:
+            if size <= free and weight <= weight_room[b]:
                 bins[b].append(index)
-                room[b] -= lengths[index]
+                room[b] -= size
+                weight_room[b] -= weight
                 break
         else:
             bins.append([index])
-            room.append(capacity - lengths[index])
+            room.append(capacity - size)
+            weight_room.append(weight_capacity - weight)
     return [sorted(members) for members in bins]
 
 

@@ -32,7 +32,7 @@ class TrainConfig:
     logits_chunk: int = 2048
     # Adam learning rate (the paper: 1e-4), constant after warmup.
     learning_rate: float = 1e-4
-    # Linear warmup steps from 0 to learning_rate.
+    # Linear warmup steps up to learning_rate (step s of them at (s + 1) / warmup_steps of it).
     warmup_steps: int = 0
     # After warmup: "constant" (the paper), "cosine" or "linear" decay (calrec_core.train.schedule).
     lr_schedule: str = "constant"
@@ -49,6 +49,14 @@ class TrainConfig:
     alpha: float = 0.125
     # Weight beta of L_UT in Eq. 4 (the paper: -0.025, negative on purpose).
     beta: float = -0.025
+    # Run the item tower and the contrastive terms even with alpha = beta = 0 (they then weigh
+    # nothing): the "w/o contrastive" ablation then shares the contrastive run's compiled step
+    # (alpha and beta are step inputs), which saves its compiles in a budgeted experiment.
+    shared_program: bool = False
+    # Packed step shapes to use instead of planning them from this run's stream: one
+    # (rows, seq_len, item_rows, item_len, target_len) per packed level (calrec_core.train.
+    # shapes). An experiment gives every stage run the same ones, so runs share compiles.
+    step_shapes: tuple[tuple[int, ...], ...] = ()
     # Contrastive temperature tau_c of Eqs. 2-3.
     contrastive_temperature: float = 0.5
     # How L_NIG is averaged: "token_mean" (mean cross-entropy over all target tokens of the batch,
@@ -129,8 +137,9 @@ class TrainConfig:
 
     @property
     def contrastive(self) -> bool:
-        """Whether the item tower runs at all (it is skipped for alpha = beta = 0)."""
-        return self.alpha != 0.0 or self.beta != 0.0
+        """Whether the item tower runs at all (skipped for alpha = beta = 0 unless
+        shared_program)."""
+        return self.alpha != 0.0 or self.beta != 0.0 or self.shared_program
 
     @property
     def max_sequence_len(self) -> int:

@@ -83,14 +83,15 @@ def load_training_sequences(data_dir, categories: Sequence[str]) -> dict[str, Ca
 
 
 def validation_examples(
-    data_dir, category: str, max_users: int = 0
+    data_dir, category: str, max_users: int = 0, seed: int = 0
 ) -> list[tuple[tuple[str, ...], str]]:
-    """(history, target) pairs of the ``valid`` split, first ``max_users`` users by id."""
+    """(history, target) pairs of the ``valid`` split: every user, or (max_users > 0) a uniform
+    sample of that many drawn from the seed and the category (calrec_core.user_sample)."""
     from calrec_core.data import read_examples
+    from calrec_core.user_sample import sample_users
 
-    records = read_examples(data_dir, category, VALID_SPLIT)
-    if max_users:
-        records = records[:max_users]
+    records = sample_users(read_examples(data_dir, category, VALID_SPLIT), max_users, seed,
+                           category)
     return [(tuple(record["texts"][:-1]), record["texts"][-1]) for record in records]
 
 

@@ -79,11 +79,12 @@ class StageResult:
     run_dir: str  # The run's folder (metrics.jsonl, losses.png, checkpoints/, selected/).
 
 
-def run_stage1(data_dir, output_dir, config: TrainConfig) -> StageResult:
+def run_stage1(data_dir, output_dir, config: TrainConfig, eval_config=None) -> StageResult:
     """Stage I: every category's training data at the mixture weights (|U|^0.3).
 
     Selection uses the validation-role categories, or, when there is none (as in the bundled
-    sample), the mean over the eval categories' validation splits.
+    sample), the mean over the eval categories' validation splits. ``eval_config`` (an
+    EvalConfig; None: the preset ``config.eval_preset``) sets how selection evaluates.
     """
     from calrec_core.data import load_mixture
 
@@ -97,11 +98,11 @@ def run_stage1(data_dir, output_dir, config: TrainConfig) -> StageResult:
     if not selection:
         raise ValueError(f"{data_dir}: no validation or eval category to select Stage I on")
     return _run_stage("stage1", data_dir, output_dir, config, weights, selection,
-                      config.stage1_steps, init_checkpoint=None)
+                      config.stage1_steps, init_checkpoint=None, eval_config=eval_config)
 
 
 def run_stage2(data_dir, category: str, init_checkpoint, output_dir,
-               config: TrainConfig) -> StageResult:
+               config: TrainConfig, eval_config=None) -> StageResult:
     """Stage II: fine-tune on ``category`` alone from ``init_checkpoint`` (a Stage I export;
     None = the "w/o Stage I" ablation, from the pretrained weights), select on its valid split."""
     roles = category_roles(data_dir, [category])
@@ -109,7 +110,8 @@ def run_stage2(data_dir, category: str, init_checkpoint, output_dir,
         raise ValueError(f"category {category!r} has no valid/test splits: it is not an eval "
                          "category of this data folder")
     return _run_stage("stage2", data_dir, output_dir, config, {category: 1.0}, [category],
-                      config.stage2_steps, init_checkpoint=init_checkpoint)
+                      config.stage2_steps, init_checkpoint=init_checkpoint,
+                      eval_config=eval_config)
 
 
 def _start_model(config: TrainConfig, init_checkpoint):
@@ -133,18 +135,19 @@ def _check_mesh(config: TrainConfig, mesh) -> None:
 
 
 def _run_stage(stage: str, data_dir, output_dir, config: TrainConfig, weights: dict[str, float],
-               selection: Sequence[str], total_steps: int, init_checkpoint) -> StageResult:
+               selection: Sequence[str], total_steps: int, init_checkpoint,
+               eval_config=None) -> StageResult:
     # Joins the other hosts of a multi-host job (no-op alone, or when the CLI already did).
     initialize()
     # One run per folder; the processes of one job share it, process 0 holds it for them.
     with folder_lock(output_dir, stage, enabled=jax.process_index() == 0):
         return _run_stage_locked(stage, data_dir, output_dir, config, weights, selection,
-                                 total_steps, init_checkpoint)
+                                 total_steps, init_checkpoint, eval_config)
 
 
 def _run_stage_locked(stage: str, data_dir, output_dir, config: TrainConfig,
                       weights: dict[str, float], selection: Sequence[str], total_steps: int,
-                      init_checkpoint) -> StageResult:
+                      init_checkpoint, eval_config=None) -> StageResult:
     from calrec_core.model.sharding import batch_multiple, make_mesh
 
     run_dir = storage.path(output_dir)  # local or gs://
@@ -164,7 +167,7 @@ def _run_stage_locked(stage: str, data_dir, output_dir, config: TrainConfig,
         stream = BatchStream(sampler, encoder, config, row_multiple=batch_multiple(mesh))
     trainer, params = Trainer.create(model, config, mesh)
     inputs = stage_inputs(data_dir, weights, selection, params)
-    selector = _Selector(config, data_dir, selection, trainer, tokenizer, encoder)
+    selector = _Selector(config, data_dir, selection, trainer, tokenizer, encoder, eval_config)
 
     store = CheckpointStore(run_dir / CHECKPOINTS_DIR, config.max_checkpoints)
     start = store.latest_step() or 0
@@ -192,6 +195,10 @@ def _run_stage_locked(stage: str, data_dir, output_dir, config: TrainConfig,
     init_name = None if init_checkpoint is None else str(init_checkpoint)
     log = MetricsLog(run_dir, resume_step=start, enabled=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
+    if config.packing:  # The step shapes, planned before the first step is timed.
+        began = time.perf_counter()
+        logger.info("%s: step shapes %s (%.1f s)", stage, stream.ladder.describe(),
+                    time.perf_counter() - began)
     progress = tqdm(range(start, total_steps), desc=stage, initial=start, total=total_steps,
                     disable=jax.process_index() != 0)
     for step in progress:
@@ -252,8 +259,9 @@ class _Selector:
     """
 
     def __init__(self, config: TrainConfig, data_dir, categories: Sequence[str],
-                 trainer: Trainer, tokenizer, encoder: ExampleEncoder) -> None:
+                 trainer: Trainer, tokenizer, encoder: ExampleEncoder, eval_config=None) -> None:
         self.config = config
+        self.eval_config = eval_config  # None: EvalConfig.preset(config.eval_preset)
         self.data_dir = data_dir
         self.categories = list(categories)
         self.trainer = trainer
@@ -310,9 +318,10 @@ class _Selector:
         from calrec_core.eval.evaluate import score_users, summarize
         from calrec_core.eval.generation import ItemGenerator
 
-        eval_config = dataclasses.replace(EvalConfig.preset(self.config.eval_preset),
-                                          max_users=None).with_training_budget(
-                                              self.config.max_input_len)
+        base = self.eval_config or EvalConfig.preset(self.config.eval_preset)
+        # The users are this run's own fixed sample (eval_max_users), not the test cap.
+        eval_config = dataclasses.replace(base, max_users=None).with_training_budget(
+            self.config.max_input_len)
         if category not in self._ranking:
             from calrec_core.eval.catalog import load_catalog
 
@@ -331,23 +340,18 @@ class _Selector:
     def selection_sample(data_dir, category: str, max_users: int, seed: int) -> list[dict]:
         """The category's validation examples, or (max_users > 0) a uniform sample of that
         many drawn from the seed and the category name: the same users on every call."""
-        import zlib
-
         from calrec_core.data import read_examples
+        from calrec_core.user_sample import sample_users
 
-        examples = sorted(read_examples(data_dir, category, "valid"),
-                          key=lambda e: e["user_id"])
-        if not max_users or max_users >= len(examples):
-            return examples
-        rng = np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
-        chosen = np.sort(rng.choice(len(examples), size=max_users, replace=False))
-        return [examples[i] for i in chosen]
+        return sample_users(read_examples(data_dir, category, "valid"), max_users, seed,
+                            category)
 
     def _valid_loss(self, category: str, params) -> float:
         if self._valid_batches is None:
             self._valid_batches = {}
         if category not in self._valid_batches:
-            pairs = validation_examples(self.data_dir, category, self.config.eval_max_users)
+            pairs = validation_examples(self.data_dir, category, self.config.eval_max_users,
+                                        self.config.seed)
             if not pairs:
                 raise ValueError(f"category {category!r} has no validation users")
             rows = self.config.batch_size // self.config.microbatches

@@ -37,6 +37,7 @@ from calrec_core.train.losses import (
     segment_means,
 )
 from calrec_core.train.schedule import learning_rate_schedule
+from calrec_core.train.shapes import MAX_ROW_LEN
 
 Params = dict[str, Any]
 STEP_METRICS = ("loss", "nig", "tt", "ut", "grad_norm", "target_tokens")
@@ -95,14 +96,22 @@ def _nig_denominator(batch: Batch, config: TrainConfig) -> jax.Array:
     return jnp.maximum(count, 1.0)
 
 
-def _contrastive(v_item, v_target_user, v_user, config: TrainConfig):
+def loss_weights(config: TrainConfig) -> jax.Array:
+    """(2,) float32 [alpha, beta] of Eq. 4: a step INPUT, not a constant of the program, so
+    runs that differ only in these weights share one compiled step."""
+    return jnp.asarray([config.alpha, config.beta], jnp.float32)
+
+
+def _contrastive(v_item, v_target_user, v_user, config: TrainConfig, weights=None):
     """(alpha L_TT + beta L_UT, (L_TT, L_UT)) over every user given (Eqs. 2-3)."""
+    weights = loss_weights(config) if weights is None else weights
     tt = contrastive_loss(v_item, v_target_user, config.contrastive_temperature)
     ut = contrastive_loss(v_item, v_user, config.contrastive_temperature)
-    return config.alpha * tt + config.beta * ut, (tt, ut)
+    return weights[0] * tt + weights[1] * ut, (tt, ut)
 
 
-def loss_terms(model: nnx.Module, batch: Batch, config: TrainConfig) -> dict[str, jax.Array]:
+def loss_terms(model: nnx.Module, batch: Batch, config: TrainConfig,
+               weights=None) -> dict[str, jax.Array]:
     """L_NIG, L_TT, L_UT and Eq. 4's total on one (micro)batch of shape (R, ...).
 
     Packed and unpacked layouts give the same terms: users are pooled by segment id and the
@@ -113,8 +122,10 @@ def loss_terms(model: nnx.Module, batch: Batch, config: TrainConfig) -> dict[str
     zero = jnp.zeros((), jnp.float32)
     tt = ut = zero
     if config.contrastive:
-        _, (tt, ut) = _contrastive(_item_tower(model, batch), v_target_user, v_user, config)
-    total = calrec_loss(nig, tt, ut, config.alpha, config.beta)
+        _, (tt, ut) = _contrastive(_item_tower(model, batch), v_target_user, v_user, config,
+                                   weights)
+    weights = loss_weights(config) if weights is None else weights
+    total = calrec_loss(nig, tt, ut, weights[0], weights[1])
     tokens = jnp.sum(batch.label_mask.astype(jnp.float32))
     return {"loss": total, "nig": nig, "tt": tt, "ut": ut, "target_tokens": tokens}
 
@@ -192,17 +203,16 @@ class Trainer:
 
     def _build_step(self) -> Callable:
         config, graphdef = self.config, self.graphdef
-        nig_weight = 1.0 - config.alpha - config.beta
-
-        def single(params, batch: Batch):
+        def single(params, batch: Batch, weights):
             def loss_fn(params):
-                terms = loss_terms(_network(graphdef, params, config), batch, config)
+                terms = loss_terms(_network(graphdef, params, config), batch, config, weights)
                 return terms["loss"], terms
 
             (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return grads, terms
 
-        def two_pass(params, batch: Batch):
+        def two_pass(params, batch: Batch, weights):
+            nig_weight = 1.0 - weights[0] - weights[1]
             denominator = _nig_denominator(batch, config)  # Of the whole step.
             tt = ut = contrastive = jnp.zeros((), jnp.float32)
             cotangents = None
@@ -215,7 +225,7 @@ class Trainer:
                 _, vectors = jax.lax.scan(embed, None, batch)  # 3 x (A, U, D)
                 flat = [v.reshape(-1, v.shape[-1]) for v in vectors]  # 3 x (A * U, D)
                 (contrastive, (tt, ut)), grads = jax.value_and_grad(
-                    lambda u, tu, t: _contrastive(t, tu, u, config), argnums=(0, 1, 2),
+                    lambda u, tu, t: _contrastive(t, tu, u, config, weights), argnums=(0, 1, 2),
                     has_aux=True)(*flat)
                 cotangents = tuple(g.reshape(v.shape) for g, v in zip(grads, vectors, strict=True))
 
@@ -246,15 +256,15 @@ class Trainer:
                      "target_tokens": jnp.sum(batch.label_mask.astype(jnp.float32))}
             return grads, terms
 
-        def gradients(params, batch: Batch):
+        def gradients(params, batch: Batch, weights):
             if batch.tokens.shape[0] == 1:
-                return single(params, jax.tree.map(lambda a: a[0], batch))
-            return two_pass(params, batch)
+                return single(params, jax.tree.map(lambda a: a[0], batch), weights)
+            return two_pass(params, batch, weights)
 
         self._gradients = gradients
 
-        def step(params, opt_state, batch: Batch):
-            grads, metrics = gradients(params, batch)
+        def step(params, opt_state, batch: Batch, weights):
+            grads, metrics = gradients(params, batch, weights)
             metrics = dict(metrics)
             metrics["grad_norm"] = optax.tree.norm(grads)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
@@ -265,7 +275,7 @@ class Trainer:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         return jax.jit(
             step,
-            in_shardings=(self.param_sharding, self.opt_sharding, data),
+            in_shardings=(self.param_sharding, self.opt_sharding, data, replicated),
             out_shardings=(self.param_sharding, self.opt_sharding, replicated),
             donate_argnums=(0, 1),
         )
@@ -277,7 +287,8 @@ class Trainer:
         key = tuple((array.shape, str(array.dtype)) for array in batch)
         if key not in self._compiled:
             with jax.set_mesh(self.mesh):
-                compiled = self._step.lower(params, opt_state, batch).compile()
+                compiled = self._step.lower(params, opt_state, batch,
+                                            loss_weights(self.config)).compile()
             self.memory_bytes = compiled_bytes(compiled)
             budget = device_memory_budget(self.config)
             if budget and self.memory_bytes and self.memory_bytes > budget:
@@ -294,13 +305,13 @@ class Trainer:
         if self._step is None:
             self._step = self._build_step()
         with jax.set_mesh(self.mesh):
-            return jax.jit(self._gradients)(params, batch)
+            return jax.jit(self._gradients)(params, batch, loss_weights(self.config))
 
     def train_step(self, params: Params, opt_state, batch: Batch):
         """One optimizer step on a microbatched global batch (A, R / A, ...)."""
         compiled = self.compiled_step(params, opt_state, batch)
         with jax.set_mesh(self.mesh):
-            return compiled(params, opt_state, batch)
+            return compiled(params, opt_state, batch, loss_weights(self.config))
 
     def nig_sums(self, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
         """Summed target-token NLL and token count of a (R, ...) batch (validation loss)."""
@@ -360,7 +371,10 @@ def estimate_step_bytes(config: TrainConfig, model: Gemma3Config, microbatches: 
     def per_token_layer(row: int) -> float:
         return itemsize * (8 * d + 3 * heads + 4 * f) + 8 * model.num_heads * row
 
-    towers = ((users * tokens_per_user, config.max_sequence_len),
+    # Packed rows may be up to twice the longest sequence (calrec_core.train.shapes).
+    row_len = (max(config.max_sequence_len, min(2 * config.max_sequence_len, MAX_ROW_LEN))
+               if config.packing else config.max_sequence_len)
+    towers = ((users * tokens_per_user, row_len),
               (users * item_len, 4 * item_len))
     activations = 0.0
     for tokens, row in towers:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from calrec_core.eval.config import EvalConfig
 from calrec_core.experiment import ExperimentConfig, apply_overrides, preset
 from calrec_core.experiment.steps import (
     check_compiled_categories,
@@ -66,13 +67,21 @@ def test_pipeline_views_read_back_after_kfp_and_keep_training_apart_from_evaluat
     assert views["ingest"]["seed"] == float(config.roles.seed)
     train = ExperimentConfig.from_dict(views["train"])
     assert (train.train, train.roles) == (config.train, config.roles)
+    # Model selection evaluates as the experiment's eval section says.
+    assert train.selection_eval_config() == dataclasses.replace(
+        config.eval, max_users=train.eval.max_users)
     evaluate = ExperimentConfig.from_dict(views["evaluate"])
     assert (evaluate.eval, evaluate.train, evaluate.baselines) == (
         config.eval, config.train, ("lir",))
-    # New evaluation settings leave the training view (its cache key) as it was.
-    other = pipeline_views(apply_overrides(config, ["eval.n_gen=8"]))
+    # A new test-user cap leaves the training view (its cache key) as it was; settings that
+    # selection evaluates with do not.
+    other = pipeline_views(apply_overrides(config, ["eval.max_users=3"]))
     assert other["train"] == pipeline_views(config)["train"]
     assert other["evaluate"] != pipeline_views(config)["evaluate"]
+    assert (pipeline_views(apply_overrides(config, ["eval.n_gen=8"]))["train"]
+            != pipeline_views(config)["train"])
+    explicit = apply_overrides(config, ["selection_eval=demo", "eval.n_gen=8"])
+    assert explicit.selection_eval_config() == EvalConfig.demo()
 
 
 def test_compiled_categories_must_stay_eval_in_the_runs_experiment():

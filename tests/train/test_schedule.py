@@ -14,7 +14,7 @@ from calrec_core.train.schedule import learning_rate_schedule
 
 def reference(step, peak, warmup, kind, decay, final_ratio):
     if step < warmup:
-        return peak * step / warmup
+        return peak * (step + 1) / warmup  # step 0 already trains
     t = min(step - warmup, decay) / decay if decay else 0.0
     if kind == "constant":
         return peak
@@ -48,7 +48,8 @@ def test_decay_needs_its_length():
 
 
 def test_optimizer_follows_the_schedule():
-    """Adam's first update is lr * sign(gradient): zero at warmup step 0, then the schedule."""
+    """Adam's first update is lr * sign(gradient): a quarter of the peak at warmup step 0 (never
+    zero), then the schedule."""
     from calrec_core.train.step import make_optimizer
 
     config = TrainConfig.tiny().replace(learning_rate=1e-2, warmup_steps=4, grad_clip_norm=0.0)
@@ -56,8 +57,8 @@ def test_optimizer_follows_the_schedule():
     params = {"w": jnp.ones(3)}
     state = optimizer.init(params)
     grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    # Step 0: lr = 1e-2 * 1/4; Adam's bias-corrected ratio is sign(g) for a constant gradient.
     updates, state = optimizer.update(grads, state, params)
-    np.testing.assert_allclose(updates["w"], 0.0)
-    updates, state = optimizer.update(grads, state, params)
-    # Step 1: lr = 1e-2 * 1/4; Adam's bias-corrected ratio is sign(g) for a constant gradient.
     np.testing.assert_allclose(updates["w"], -2.5e-3 * np.sign(grads["w"]), rtol=1e-4)
+    updates, state = optimizer.update(grads, state, params)
+    np.testing.assert_allclose(updates["w"], -5e-3 * np.sign(grads["w"]), rtol=1e-4)

@@ -83,3 +83,31 @@ def test_bfloat16_steps_with_accumulation_lower_the_loss_on_a_fixed_batch():
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_the_ablation_can_share_the_contrastive_runs_compiled_step(model, microbatches):
+    """alpha and beta are step inputs: with shared_program the "w/o contrastive" run lowers
+    to the very program of the contrastive run (one compile for both in an experiment), and
+    its step equals the ablation's own (the contrastive terms weigh exactly nothing)."""
+    mesh = make_mesh()
+    batch = split_microbatches(_batch(), microbatches)
+    base = CONFIG.replace(microbatches=microbatches)
+    runs = {"calrec": base, "shared": base.replace(alpha=0.0, beta=0.0, shared_program=True),
+            "own": base.replace(alpha=0.0, beta=0.0)}
+    programs, results = {}, {}
+    for name, config in runs.items():
+        trainer, params = Trainer.create(nnx.clone(model), config, mesh)
+        opt_state = trainer.init_optimizer(params)
+        trainer.compiled_step(params, opt_state, batch)
+        with jax.set_mesh(mesh):
+            programs[name] = trainer._step.lower(
+                params, opt_state, batch, jnp.zeros(2, jnp.float32)).as_text()
+        params, _, metrics = trainer.train_step(params, opt_state, batch)
+        results[name] = (jax.device_get(params), jax.device_get(metrics))
+    assert programs["shared"] == programs["calrec"] != programs["own"]
+    shared, own = results["shared"], results["own"]
+    assert float(shared[1]["loss"]) == pytest.approx(float(own[1]["loss"]), rel=1e-6)
+    assert float(shared[1]["tt"]) > 0 and float(own[1]["tt"]) == 0.0
+    for got, want in zip(jax.tree.leaves(shared[0]), jax.tree.leaves(own[0]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
