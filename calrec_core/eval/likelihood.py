@@ -21,12 +21,17 @@ from flax import nnx
 from calrec_core.model.gemma import KVCache
 from calrec_core.template import target_segment
 
-# Continuation lengths are padded to a multiple of this (few programs to compile).
-LENGTH_BUCKET = 16
+# Continuation lengths are padded to a power of two of at least this (few programs to compile,
+# whatever the lengths of a user's candidates).
+MIN_LENGTH_BUCKET = 16
 
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _length_bucket(n: int) -> int:
+    return max(MIN_LENGTH_BUCKET, 1 << (max(n, 1) - 1).bit_length())
 
 
 def item_token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -65,7 +70,7 @@ def prefill(model, prompt: Sequence[int], *, rows: int, room: int, length_bucket
     tokens[0, length - len(prompt) :] = prompt
     positions = np.maximum(np.arange(length, dtype=np.int32) - (length - len(prompt)), 0)[None]
     mask = (np.arange(length) >= length - len(prompt))[None]  # (1, P)
-    capacity = length + _round_up(max(room, 1), LENGTH_BUCKET)
+    capacity = length + _length_bucket(room)
     cache, first = _prefill(model, tokens, positions, mask, capacity=capacity, rows=rows)
     return Prefix(cache, np.asarray(first, np.float32), len(prompt))
 
@@ -122,7 +127,7 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         return []
     if any(len(c) == 0 for c in continuations):
         raise ValueError("every continuation needs at least one token")
-    longest = _round_up(max(len(c) for c in continuations), LENGTH_BUCKET)
+    longest = _length_bucket(max(len(c) for c in continuations))
     prefix = prefill(model, prompt, rows=batch_size, room=longest,
                      length_bucket=length_bucket, pad_id=pad_id)
     results: list[np.ndarray] = []
