@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--model", default=None,
                           help="'pretrained' or a trained checkpoint directory")
     evaluate.add_argument("--methods", default="calrec,lir",
-                          help="comma-separated: lir, calrec, calrec_hier, gpt4rec")
+                          help="comma-separated: lir, calrec, calrec_hier, gpt4rec, "
+                          "calrec_constrained, calrec_rerank")
     add_preset_arguments(evaluate, "eval")
     evaluate.add_argument("--max-users", type=int, default=None,
                           help="override the preset's cap on users evaluated")
@@ -42,8 +43,11 @@ def register(subparsers) -> None:
     recommend.add_argument("--model", default=None,
                            help="'pretrained' or a checkpoint directory (needed unless lir)")
     recommend.add_argument("--method", default="calrec",
-                           choices=("calrec", "calrec_hier", "gpt4rec", "lir"),
-                           help="how to rank (default calrec: generations + BM25 fusion)")
+                           choices=("calrec", "calrec_hier", "gpt4rec", "lir",
+                                    "calrec_constrained", "calrec_rerank"),
+                           help="how to rank (default calrec: generations + BM25 fusion; "
+                           "calrec_constrained: catalog-constrained decoding; calrec_rerank: "
+                           "the model's likelihood of a LIR + fusion candidate pool)")
     add_preset_arguments(recommend, "eval")
     recommend.add_argument("-k", type=int, default=10, help="items to return (default 10)")
     _batching_arguments(recommend)

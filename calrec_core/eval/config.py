@@ -7,6 +7,8 @@ import dataclasses
 from calrec_core.overrides import apply_section_overrides, check_preset
 
 DEFAULT_PROMPT_BUDGET = 1024  # §4: 1,024 input tokens.
+# Model rankings besides the paper's sampler (eval/constrained.py, eval/rerank.py).
+MODEL_RANKINGS = ("calrec_constrained", "calrec_rerank")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,19 @@ class EvalConfig:
     bm25_k1: float = 1.5  # BM25 term-frequency saturation (rank-bm25 default, §4).
     bm25_b: float = 0.75  # BM25 length normalisation (rank-bm25 default, §4).
     bm25_epsilon: float = 0.25  # rank-bm25's floor for negative idf, times the mean idf.
+    # Model rankings evaluated beside the paper's sampler by `calrec experiment` and the
+    # pipeline (MODEL_RANKINGS); `calrec evaluate` and `recommend` name them as methods.
+    rankings: tuple[str, ...] = ()
+    # calrec_constrained: "beam" (beam search) or "sample" (N_gen constrained samples).
+    constrained_decoding: str = "beam"
+    beam_width: int = 10  # calrec_constrained: beam width B (items generated per user).
+    constrained_ban_history: bool = True  # calrec_constrained: never generate a history item.
+    rerank_pool: int = 50  # calrec_rerank: M, the pool is LIR's top M plus the fusion's top M.
+    rerank_length_norm: bool = True  # calrec_rerank: mean token log-prob (False: the sum).
+    rerank_batch_size: int = 32  # calrec_rerank: candidates scored per forward pass.
+    # Both model rankings: what orders the items the model did not rank, "fusion" (of the
+    # method's generations) or "lir".
+    rank_rest_by: str = "fusion"
 
     def __post_init__(self) -> None:
         if self.n_gen < 1 or self.n_preds < 1:
@@ -52,6 +67,16 @@ class EvalConfig:
             raise ValueError("top_k, the batch and shard sizes and length_bucket must be positive")
         if self.max_users is not None and self.max_users < 1:
             raise ValueError(f"max_users must be positive or None, got {self.max_users}")
+        unknown = [r for r in self.rankings if r not in MODEL_RANKINGS]
+        if unknown or len(set(self.rankings)) != len(self.rankings):
+            raise ValueError(f"rankings {list(self.rankings)}: each one of {MODEL_RANKINGS}")
+        if self.constrained_decoding not in ("beam", "sample"):
+            raise ValueError(f"constrained_decoding must be beam or sample, got "
+                             f"{self.constrained_decoding!r}")
+        if self.rank_rest_by not in ("fusion", "lir"):
+            raise ValueError(f"rank_rest_by must be fusion or lir, got {self.rank_rest_by!r}")
+        if min(self.beam_width, self.rerank_pool, self.rerank_batch_size) < 1:
+            raise ValueError("beam_width, rerank_pool and rerank_batch_size must be positive")
 
     @classmethod
     def paper(cls) -> EvalConfig:
@@ -68,9 +93,11 @@ class EvalConfig:
 
     @classmethod
     def tiny(cls) -> EvalConfig:
-        """For tests: a handful of short samples on a few users."""
+        """For tests: a handful of short samples on a few users; experiments also report both
+        model rankings (small beams and pools)."""
         return cls(n_gen=4, n_preds=3, max_users=6, max_new_tokens=12, user_batch_size=3,
-                   decode_batch_size=16, shard_size=4, max_input_len=256)
+                   decode_batch_size=16, shard_size=4, max_input_len=256,
+                   rankings=MODEL_RANKINGS, beam_width=3, rerank_pool=4, rerank_batch_size=8)
 
     @classmethod
     def preset(cls, name: str) -> EvalConfig:

@@ -12,9 +12,12 @@ from calrec_core.eval.catalog import Catalog
 from calrec_core.eval.config import EvalConfig
 from calrec_core.eval.scoring import (
     MODEL_METHODS,
+    MODEL_RANKINGS,
+    UNSAMPLED,
     check_methods,
     generation_scores,
     lir_scores,
+    model_ranking_scores,
     recommended_items,
 )
 
@@ -75,8 +78,13 @@ def recommend_with_details(
     if method in MODEL_METHODS:
         if generator is None:
             raise ValueError(f"method {method!r} needs a model")
-        generations = generator.sample([texts], MODEL_METHODS[method], config.seed)[0]
-        scores, _ = generation_scores(method, catalog, generations, config)
+        generations = ([] if method in UNSAMPLED else
+                       generator.sample([texts], MODEL_METHODS[method], config.seed)[0])
+        if method in MODEL_RANKINGS:  # the texts shown: the items decoded, or the samples
+            scores, _, generations = model_ranking_scores(method, generator, catalog, texts,
+                                                          generations, config)
+        else:
+            scores, _ = generation_scores(method, catalog, generations, config)
     else:
         scores = lir_scores(catalog, texts)
     in_history = catalog.history_mask([*history, *texts])

@@ -5,6 +5,8 @@ Methods (CALRec §4-§6):
   calrec       CALRec template, N_gen samples, quasi-round-robin BM25 fusion (Algorithm 1).
   calrec_hier  The same samples, hierarchical exact matching instead of BM25 (§6).
   gpt4rec      GPT4Rec's template on history titles, fused with BM25 like calrec.
+  calrec_constrained  Decoding constrained to the catalog's item texts (eval/constrained.py).
+  calrec_rerank       The model's likelihood of a LIR + fusion candidate pool (eval/rerank.py).
 Which model generates (pretrained or a trained checkpoint) is the caller's choice.
 """
 
@@ -15,14 +17,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from calrec_core.eval.catalog import Catalog
-from calrec_core.eval.config import EvalConfig
+from calrec_core.eval.config import MODEL_RANKINGS, EvalConfig
 from calrec_core.eval.fusion import quasi_round_robin, select_samples
 from calrec_core.eval.generation import Generation
 from calrec_core.eval.metrics import HISTORY_IN_TOP, NO_HISTORY, target_ranks, user_metrics
 
 # Prompt template each generative method samples from; methods sharing one share samples.
-MODEL_METHODS = {"calrec": "calrec", "calrec_hier": "calrec", "gpt4rec": "gpt4rec"}
+MODEL_METHODS = {"calrec": "calrec", "calrec_hier": "calrec", "gpt4rec": "gpt4rec",
+                 "calrec_constrained": "calrec", "calrec_rerank": "calrec"}
 METHODS = ("lir", *MODEL_METHODS)
+UNSAMPLED = ("calrec_constrained",)  # Model methods that decode on their own (no N_gen samples).
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -145,6 +149,27 @@ def generation_scores(
     return scores, extra
 
 
+def model_ranking_scores(method: str, generator, catalog: Catalog, history_texts: Sequence[str],
+                         samples: Sequence[Generation], config: EvalConfig):
+    """(N_c,) scores, row extras and the generations shown to a person, of the rankings
+    beyond the sampler (MODEL_RANKINGS); ``samples`` are the user's N_gen samples."""
+    if method == "calrec_rerank":
+        from calrec_core.eval.rerank import rerank_scores
+
+        scores, extra = rerank_scores(generator, catalog, history_texts, samples, config)
+        return scores, extra, list(samples)
+    from calrec_core.eval.constrained import constrained_generations, constrained_scores
+    from calrec_core.eval.trie import catalog_trie
+
+    items, generations = constrained_generations(generator, catalog, history_texts, config)
+    rest = lir_scores(catalog, history_texts) if config.rank_rest_by == "lir" else None
+    scores = constrained_scores(catalog, catalog_trie(catalog, generator.tokenizer), items,
+                                generations, rest, config)
+    extra = {"num_samples": len(generations), "num_unique_samples": len(generations),
+             "generations": [g.text for g in generations]}
+    return scores, extra, generations
+
+
 def score_batch(
     examples: Sequence[dict],
     catalog: Catalog,
@@ -157,9 +182,10 @@ def score_batch(
     histories = [split_example(e)[0] for e in examples]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     samples_by_template: dict[str, list[list[Generation]]] = {}
-    for template in sorted({MODEL_METHODS[m] for m in methods if m in MODEL_METHODS}):
-        if generator is None:
-            raise ValueError(f"methods {list(methods)} need a model to sample from")
+    sampled = [m for m in methods if m in MODEL_METHODS and m not in UNSAMPLED]
+    if generator is None and any(m in MODEL_METHODS for m in methods):
+        raise ValueError(f"methods {list(methods)} need a model to sample from")
+    for template in sorted({MODEL_METHODS[m] for m in sampled}):
         with_history = [i for i, h in enumerate(histories) if h]
         # The generator keys each sample by seed and prompt, so batching never changes them.
         drawn = generator.sample([histories[i] for i in with_history], template,
@@ -172,6 +198,11 @@ def score_batch(
         for i, example in enumerate(examples):
             if method == "lir":
                 scores, extra = lir_scores(catalog, histories[i]), {}
+            elif method in MODEL_RANKINGS:
+                scores, extra = model_ranking_scores(
+                    method, generator, catalog, histories[i],
+                    samples_by_template.get(MODEL_METHODS[method], [[]] * len(examples))[i],
+                    config)[:2]
             else:
                 generations = samples_by_template[MODEL_METHODS[method]][i]
                 scores, extra = generation_scores(method, catalog, generations, config)

@@ -153,6 +153,25 @@ def _training_runs(phases: dict[str, dict], output: pathlib.Path) -> dict[str, d
     return groups
 
 
+def _rankings_lines(evaluation) -> list[str]:
+    """One line on the fine-tuned model's rankings beside its sampler, when there are any."""
+    described = {
+        "calrec_constrained": (
+            f"calrec_constrained: decoding constrained to the catalog's item texts "
+            f"({evaluation.constrained_decoding}, B {evaluation.beam_width}"
+            + (", history items never generated" if evaluation.constrained_ban_history else "")
+            + ")"),
+        "calrec_rerank": (
+            f"calrec_rerank: the model's {'mean' if evaluation.rerank_length_norm else 'summed'}"
+            f" token log-probability over LIR's and the fusion's top {evaluation.rerank_pool}"),
+    }
+    if not evaluation.rankings:
+        return []
+    return ["Model rankings of the fine-tuned model: "
+            + "; ".join(described[r] for r in evaluation.rankings)
+            + f"; then the rest of the catalog by {evaluation.rank_rest_by}."]
+
+
 def write_experiment_report(config: ExperimentConfig, plan: Plan,
                             evaluations: dict[str, dict[str, str]], phases: dict[str, dict],
                             output_dir) -> dict[str, Any]:
@@ -173,6 +192,7 @@ def write_experiment_report(config: ExperimentConfig, plan: Plan,
         f"Plan: Stage I {plan.stage1_steps} steps, Stage II {plan.stage2_steps} steps, "
         f"batch {config.train.batch_size} users"
         + (f", budget {config.budget_minutes:g} min" if config.budget_minutes else "") + ".",
+        *_rankings_lines(evaluation),
         "'(ties)' marks a score whose pessimistic value is far below the optimistic one: the "
         "ranking there is decided by tied catalog scores (footnote 12).", "",
     ]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from calrec_core import storage
+from calrec_core.eval.config import MODEL_RANKINGS
 from calrec_core.eval.report_html import inline_png, markdown_page
 from calrec_core.experiment.config import BASELINES, VARIANTS, ExperimentConfig
 
@@ -209,7 +210,8 @@ def evaluate_methods(
     """Every trained model of ``models`` ({variant: exported model folder}) and every baseline
     of ``config.baselines`` on the same users of ``category``, one run_evaluation folder each
     under ``output_dir/<label>``: a variant through method 'calrec' under its own name,
-    'pretrained' as the untrained model through method 'calrec', 'lir' as method 'lir'. Every
+    'pretrained' as the untrained model through method 'calrec', 'lir' as method 'lir'; the
+    'calrec' model is also ranked by each of ``config.eval.rankings`` (label = method). Every
     method gets the prompt budget the variants trained with. ``max_users`` (None: the eval
     config's) caps the users; ``phase(label)``, if given, wraps each evaluation and receives
     its user count. Returns {label: MethodEvaluation}, variants first, in the given orders."""
@@ -227,6 +229,10 @@ def evaluate_methods(
         # The report reads "calrec [fine-tuned]", "calrec [no_stage1]", "calrec [pretrained]".
         runs[variant] = {"methods": ["calrec"], "model_source": model,
                          "model_label": "fine-tuned" if variant == "calrec" else variant}
+        if variant == "calrec":  # the fine-tuned model's other rankings, beside its sampler
+            for ranking in eval_config.rankings:
+                runs[ranking] = {"methods": [ranking], "model_source": model,
+                                 "model_label": "fine-tuned"}
     for baseline in config.baselines:
         runs[baseline] = ({"methods": ["lir"]} if baseline == "lir"
                           else {"methods": ["calrec"], **_untrained_model(config)})
@@ -244,8 +250,9 @@ def evaluate_methods(
 
 def method_order(labels) -> list[str]:
     """Trained variants first (calrec leading: the t-tests compare every method with the
-    first), then the baselines, each in the order of VARIANTS and BASELINES."""
-    order = [*VARIANTS, *BASELINES]
+    first; its model rankings right after it), then the baselines, each in the order of
+    VARIANTS and BASELINES."""
+    order = [VARIANTS[0], *MODEL_RANKINGS, *VARIANTS[1:], *BASELINES]
     return sorted(labels, key=lambda label: (order.index(label) if label in order
                                              else len(order), label))
 

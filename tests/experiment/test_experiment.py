@@ -176,14 +176,18 @@ def test_tiny_experiment_end_to_end_resumes_and_refuses_other_settings(
     assert (output / "report.md").is_file() and (output / "report.png").is_file()
     for category in ("Gift_Cards", "Magazine_Subscriptions"):
         result = report["categories"][category]
-        assert result["order"] == ["calrec", "no_stage1", "pretrained", "lir"]
+        # The fine-tuned model's two other rankings (the tiny preset's eval.rankings) sit
+        # right beside its sampler.
+        assert result["order"] == ["calrec", "calrec_constrained", "calrec_rerank",
+                                   "no_stage1", "pretrained", "lir"]
         # Every method ranked the very same test users.
         users = {method: set(pd.read_parquet(
             output / "eval" / category / method / "predictions.parquet")["user_id"])
             for method in result["methods"]}
         assert len({frozenset(u) for u in users.values()}) == 1
         assert len(users["calrec"]) == plan["test_users"]
-        assert set(result["t_tests"]) == {"no_stage1", "pretrained", "lir"}
+        assert set(result["t_tests"]) == {"calrec_constrained", "calrec_rerank", "no_stage1",
+                                          "pretrained", "lir"}
     phases = report["timing"]
     assert {"ingest", "probe", "stage1/calrec", "stage2/Gift_Cards/no_stage1",
             "eval/Magazine_Subscriptions/lir"} <= set(phases)
