@@ -132,13 +132,18 @@ class CommandLogs:
 def command_logs(hold: bool, command: str = "") -> Iterator[CommandLogs]:
     """Holds third-party output back for one command (see the module doc); what is still held
     is written out when the block ends, unless ``drop()`` was called. With a handler on the
-    root logger, a library's first ``logging.warning`` no longer installs its own."""
+    root logger, a library's first ``logging.warning`` no longer installs its own. Where the
+    root logger already has handlers (a host program's, a test runner's), logging is theirs
+    and left alone."""
     handler = HeldLogs(hold)
     root = logging.getLogger()
+    ours = not root.handlers
     with _held_descriptor(hold and command in HOLD_DESCRIPTOR_COMMANDS) as dropped:
-        root.addHandler(handler)
+        if ours:
+            root.addHandler(handler)
         try:
             yield CommandLogs(handler, dropped)
         finally:
-            root.removeHandler(handler)
-            handler.show_held()
+            if ours:
+                root.removeHandler(handler)
+                handler.show_held()

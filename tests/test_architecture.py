@@ -11,14 +11,15 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and the ones before it.
 LAYERS = (
-    ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.item_text", "calrec_core.lazy",
-     "calrec_core.overrides", "calrec_core.storage", "calrec_core.template"),
+    ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.folder_lock",
+     "calrec_core.item_text", "calrec_core.lazy", "calrec_core.overrides", "calrec_core.storage",
+     "calrec_core.template"),
     ("calrec_core.data",),
     ("calrec_core.model",),
     ("calrec_core.eval",),
     ("calrec_core.train",),
     ("calrec_core.experiment",),
-    ("calrec_core.cli", "calrec_core"),
+    ("calrec_core.cli", "calrec_core.cli_logs", "calrec_core"),
     ("components",),
     ("pipelines",),
 )
