@@ -61,7 +61,7 @@ class ExperimentConfig:
     budget_minutes: float = 0.0
     # Share of the time left after ingestion, probes, compiles and selection that goes to
     # training (the rest to the final evaluations; see plan.py).
-    train_share: float = 0.93
+    train_share: float = 0.6
     # Share of a Stage I + Stage II chain's steps that Stage I gets under a budget.
     stage1_share: float = 0.5
     # Model-selection evaluations per stage run under a budget (eval_every = steps / this).

@@ -14,6 +14,7 @@ from calrec_core.data import load_corpus, read_examples
 from calrec_core.eval import EvalConfig, run_evaluation, tokenize
 from calrec_core.eval.catalog import load_catalog
 from calrec_core.eval.recommend import recommend
+from calrec_core.user_sample import sample_users
 
 USERS = 40
 
@@ -39,8 +40,8 @@ def test_lir_without_history_matches_independent_reference(gift_cards_dir, tmp_p
     corpus = load_corpus(gift_cards_dir, "Gift_Cards")
     reference = BM25Okapi([tokenize(t) for t in corpus["text"]])
     asins = list(corpus["asin"])
-    examples = sorted(read_examples(gift_cards_dir, "Gift_Cards", "test"),
-                      key=lambda e: e["user_id"])[:USERS]
+    examples = sample_users(read_examples(gift_cards_dir, "Gift_Cards", "test"), USERS,
+                            config.seed, "Gift_Cards")
     expected = {"ndcg_opt": [], "ndcg_pes": [], "mrr_pes": [], "in_top": []}
     for example in examples:
         scores = list(reference.get_scores(tokenize(example["texts"][-2])))

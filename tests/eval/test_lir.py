@@ -11,6 +11,7 @@ from rank_bm25 import BM25Okapi
 
 from calrec_core.data import load_corpus, read_examples
 from calrec_core.eval import EvalConfig, run_evaluation, tokenize
+from calrec_core.user_sample import sample_users
 
 
 def sorted_rank(scores, target, target_first):
@@ -25,7 +26,9 @@ def test_lir_on_real_sample_matches_independent_reference(gift_cards_dir, tmp_pa
     corpus = load_corpus(gift_cards_dir, "Gift_Cards")
     reference = BM25Okapi([tokenize(t) for t in corpus["text"]])
     position = {a: i for i, a in enumerate(corpus["asin"])}
-    examples = read_examples(gift_cards_dir, "Gift_Cards", "test")[:40]
+    # The evaluation's seeded uniform sample of 40 users (calrec_core.user_sample).
+    examples = sample_users(read_examples(gift_cards_dir, "Gift_Cards", "test"), 40,
+                            config.seed, "Gift_Cards")
     ndcg_opt, recall1_pes = [], []
     for example in examples:
         scores = list(reference.get_scores(tokenize(example["texts"][-2])))

@@ -374,3 +374,31 @@ def test_chunked_target_nll_recomputes_only_when_the_targets_need_several_chunks
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(hidden, embedding))
     assert ("checkpoint" in jaxpr or "remat" in jaxpr) is recomputed
     assert ("scan" in jaxpr) is recomputed
+
+
+def test_stage_streams_given_a_shared_ladder_take_only_its_shapes(ingested_sample):
+    """An experiment's stage runs share one ladder (shared_ladder): every stage's packed steps
+    take one of its shapes, so the runs share their compiled steps."""
+    from calrec_core.data import load_mixture
+    from calrec_core.model import make_tiny_tokenizer
+    from calrec_core.train.batching import ExampleEncoder
+    from calrec_core.train.examples import category_roles, load_training_sequences
+    from calrec_core.train.stream import BatchStream, shared_ladder
+
+    tokenizer = make_tiny_tokenizer(512)
+    config = TrainConfig.tiny().replace(packing=True, max_input_len=768)
+    ladder = shared_ladder(ingested_sample, config, tokenizer)
+    assert 1 <= len(ladder.levels) <= 3 and not ladder.levels[-1].packed
+    config = config.replace(step_shapes=ladder.packed_levels())
+    weights = {k: float(v) for k, v in load_mixture(ingested_sample)["weights"].items()}
+    evals = [c for c, r in category_roles(ingested_sample, sorted(weights)).items()
+             if r == "eval"]
+    allowed = {(config.microbatches, level.rows, level.seq_len) for level in ladder.levels}
+    encoder = ExampleEncoder(tokenizer, config.max_input_len, config.max_target_len)
+    for stage, mixture in [("stage1", weights)] + [("stage2", {c: 1.0}) for c in evals]:
+        sampler = MixtureSampler(load_training_sequences(ingested_sample, sorted(mixture)),
+                                 mixture, seed=config.seed, stream=stage, max_drop_last=4)
+        stream = BatchStream(sampler, encoder, config)
+        assert stream.ladder == ladder
+        for step in range(6):
+            assert stream.local_batch(step).tokens.shape in allowed
