@@ -212,6 +212,7 @@ def _differences(previous: dict, manifest: dict) -> list[str]:
 def _check_manifest(output_dir: storage.Path, manifest: dict) -> None:
     """Refuses to resume shards written under other settings or from other inputs; a folder
     without shards takes the new manifest (and loses any stale results)."""
+    manifest = json.loads(json.dumps(manifest))  # as read back: tuples become lists
     path = output_dir / MANIFEST_FILE
     has_shards = any((output_dir / SHARDS_DIR).glob("*.parquet"))
     previous = None

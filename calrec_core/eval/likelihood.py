@@ -127,23 +127,26 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         return []
     if any(len(c) == 0 for c in continuations):
         raise ValueError("every continuation needs at least one token")
-    longest = _length_bucket(max(len(c) for c in continuations))
-    prefix = prefill(model, prompt, rows=batch_size, room=longest,
+    room = _length_bucket(max(len(c) for c in continuations))
+    prefix = prefill(model, prompt, rows=batch_size, room=room,
                      length_bucket=length_bucket, pad_id=pad_id)
-    results: list[np.ndarray] = []
-    for start in range(0, len(continuations), batch_size):
-        chunk = [list(c) for c in continuations[start : start + batch_size]]
+    # Shortest first, each batch padded to its own longest (bucketed): little padding.
+    order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+    results: list[np.ndarray | None] = [None] * len(continuations)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        longest = _length_bucket(max(len(continuations[i]) for i in chunk))
         tokens = np.full((batch_size, longest), pad_id, np.int32)  # (C, L)
         mask = np.zeros((batch_size, longest), bool)
-        for row, ids in enumerate(chunk):
-            tokens[row, : len(ids)] = ids
-            mask[row, : len(ids)] = True
+        for row, i in enumerate(chunk):
+            tokens[row, : len(continuations[i])] = continuations[i]
+            mask[row, : len(continuations[i])] = True
         positions = np.broadcast_to(prefix.prompt_len + np.arange(longest, dtype=np.int32),
                                     tokens.shape)
         picked = np.asarray(_continuations(model, prefix.cache, tokens,
                                            np.ascontiguousarray(positions), mask), np.float32)
-        for row, ids in enumerate(chunk):
-            values = picked[row, : len(ids)].copy()
-            values[0] = prefix.first_logprobs[ids[0]]
-            results.append(values)
+        for row, i in enumerate(chunk):
+            values = picked[row, : len(continuations[i])].copy()
+            values[0] = prefix.first_logprobs[continuations[i][0]]
+            results[i] = values
     return results
