@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
     ("calrec_core.errors", "calrec_core.fingerprint", "calrec_core.folder_lock",
      "calrec_core.item_text", "calrec_core.lazy", "calrec_core.overrides", "calrec_core.storage",
-     "calrec_core.template"),
+     "calrec_core.template", "calrec_core.user_sample"),
     ("calrec_core.data",),
     ("calrec_core.model",),
     ("calrec_core.eval",),

@@ -38,10 +38,10 @@ TARGET_BUCKET = 16
 # Headroom of level 2 over the fullest sampled step (its rows and item rows); a step beyond it
 # takes the fallback.
 MARGIN = 0.03
-# Longest packed row tried (tokens): twice the longest sequence, up to this.
-MAX_ROW_LEN = 2048
+# Longest packed row tried (tokens): two or three times the longest sequence, up to this.
+MAX_ROW_LEN = 3072
 # Per-row target capacities tried: these quantiles of the rows' targets in a token-only packing.
-TARGET_QUANTILES = (0.6, 0.75, 0.9, 1.0)
+TARGET_QUANTILES = (0.5, 0.6, 0.75, 0.9, 1.0)
 # Cost of one target slot (a vocabulary projection, forward and backward) in token slots.
 TARGET_SLOT_COST = 1.5
 # Most sampled padding (share of token slots) a target capacity may cost; fewer target slots
@@ -165,9 +165,11 @@ def plan_ladder(sample: Sequence[Sequence[Sequence[EncodedExample]]], *, max_seq
     real = sum(sum(_lengths(e)[0] + _lengths(e)[1] + 1 for e in micro)
                for step in sample for micro in step)
     options = []
-    # Rows of two maximal sequences waste less at the end of each row (first-fit leaves a gap
-    # of about half a user per row); longer rows cost only the global layers' attention.
-    for seq_len in sorted({max_sequence_len, min(2 * max_sequence_len, MAX_ROW_LEN)}):
+    # Rows of two or three maximal sequences waste less at the end of each row (first-fit
+    # leaves a gap of about half a user per row); longer rows cost only the global layers'
+    # attention.
+    row_lengths = {max_sequence_len, *(min(k * max_sequence_len, MAX_ROW_LEN) for k in (2, 3))}
+    for seq_len in sorted(row_lengths):
         row_targets = sorted(
             sum(_lengths(micro[u])[1] for u in members)
             for step in sample for micro in step

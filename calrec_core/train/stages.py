@@ -10,6 +10,7 @@ run's losses exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -179,7 +180,9 @@ def _run_stage_locked(stage: str, data_dir, output_dir, config: TrainConfig,
             raise ValueError(f"{run_dir} holds a checkpoint of {record['stage']} with seed "
                              f"{record['seed']}; this run is {stage} with seed {config.seed}")
         recorded = record["train_config"]  # a field newer than the record is not compared
-        changed = [name for name, value in config.to_dict().items()
+        # Compared as the record reads back from JSON (a tuple setting comes back a list).
+        current = json.loads(json.dumps(config.to_dict()))
+        changed = [name for name, value in current.items()
                    if name not in RESUME_FREE and name in recorded and recorded[name] != value]
         if changed:
             raise ValueError(f"{run_dir}: cannot resume with other {changed} than the "

@@ -168,5 +168,8 @@ def test_training_examples_come_only_from_the_train_split(ingested_sample):
 
 
 def test_missing_category_fails_clearly(ingested_sample):
-    with pytest.raises(ValueError, match="no training data for category 'Nope'"):
+    from calrec_core.errors import CalrecError
+
+    # The folder's stats.json names the categories its last ingest produced.
+    with pytest.raises(CalrecError, match="holds no category 'Nope': its last ingest produced"):
         load_training_sequences(ingested_sample, ["Nope"])
