@@ -19,6 +19,8 @@ import math
 import re
 from typing import NamedTuple
 
+import orjson
+
 from calrec_core.item_text import ItemAttributes, clean_text, make_attributes
 
 # unixReviewTime is stored as a TFRecord int64.
@@ -135,12 +137,27 @@ def _bad_line_on_any_error(parse):
     return wrapper
 
 
+def _load_review_row(text: str):
+    """``json.loads(text)`` as parse_review uses it, about three times faster: orjson reads the
+    line, and json reads it again where the two differ. orjson refuses what json reads (NaN,
+    lone surrogates, deep nesting, numbers no double holds) and reads an integer of over 64
+    bits as a float: the same number for a time or a rating, but not the same text for a
+    reviewText that is not a string."""
+    try:
+        row = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if isinstance(row, dict) and not isinstance(row.get("reviewText", ""), (str, type(None))):
+        return json.loads(text)
+    return row
+
+
 @_bad_line_on_any_error
 def parse_review(raw: bytes, line: int) -> Review:
     """One review line -> ``Review``; raises ``BadLine`` naming what is wrong."""
     text = decode_line(raw)
     try:
-        row = json.loads(text)
+        row = _load_review_row(text)
     except ValueError:
         raise BadLine("malformed_json") from None
     if not isinstance(row, dict):

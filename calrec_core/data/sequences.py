@@ -6,18 +6,21 @@ Pure functions, shared by the Beam transforms and by tests' independent referenc
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterable, Sequence
 
 from calrec_core.data.raw import Review
 
+# By field position, so a plain tuple of a Review's fields (what ingestion moves between its
+# stages: Beam pickles a NamedTuple) works as well as a Review.
+_TIME_AND_LINE = operator.itemgetter(*map(Review._fields.index, ("timestamp", "line")))
+_dedup_key = operator.itemgetter(
+    *map(Review._fields.index, ("asin", "text_digest", "rating", "timestamp")))
+
 
 def chronological(events: Iterable[Review]) -> list[Review]:
     """Sorted by unixReviewTime; ties keep file order (line), so any runner agrees."""
-    return sorted(events, key=lambda event: (event.timestamp, event.line))
-
-
-def _dedup_key(event: Review) -> tuple:
-    return (event.asin, event.text_digest, event.rating, event.timestamp)
+    return sorted(events, key=_TIME_AND_LINE)
 
 
 def strict_dedup(events: Sequence[Review]) -> tuple[list[Review], int]:
@@ -27,10 +30,12 @@ def strict_dedup(events: Sequence[Review]) -> tuple[list[Review], int]:
     Returns (kept events, number dropped).
     """
     kept: list[Review] = []
+    previous = None
     for event in events:
-        if kept and _dedup_key(kept[-1]) == _dedup_key(event):
-            continue
-        kept.append(event)
+        key = _dedup_key(event)
+        if key != previous:
+            kept.append(event)
+            previous = key
     return kept, len(events) - len(kept)
 
 

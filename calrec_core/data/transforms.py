@@ -4,18 +4,27 @@ Every stage that can lose an event also emits counters as elements, ``((category
 n)``, tagged ``counts``; WriteStats sums them so the accounting holds on any runner.
 Files are written by keyed DoFns with sorted contents, so output bytes do not depend on
 the runner, the worker count or bundle boundaries.
+
+Speed: what costs is Beam moving elements between stages, so nothing per review is an
+element. Files are read in chunks of lines, reshuffled so every worker parses, and parsed
+reviews travel in batches by user bucket; counters are summed per bucket.
 """
 
 from __future__ import annotations
 
 import codecs
+import collections
 import io
 import json
+import operator
 import zlib
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from calrec_core.data import records
 from calrec_core.data.mixture import mixture_weights
@@ -40,9 +49,16 @@ from calrec_core.item_text import ItemAttributes, format_item
 
 COUNTS = "counts"
 DEAD_LETTER = "dead_letter"
-ITEMS_BEFORE_FILTER = "items_before_filter"  # (category, asin) of every sampled user's events
+# (category, asins) of sampled users' events, once per user bucket.
+ITEMS_BEFORE_FILTER = "items_before_filter"
 DEAD_LETTER_KINDS = ("reviews", "metadata")
 LENGTH_PREFIX = "length:"  # counter of users by deduplicated sequence length
+# Decompressed bytes of whole lines per element between a file's reader and its parsers.
+CHUNK_BYTES = 4 << 20
+# Shuffle keys per category for grouping reviews by user (parallelism of that stage).
+NUM_USER_BUCKETS = 256
+# Parsed reviews a parser holds before handing its batches on (bounds its memory).
+FLUSH_REVIEWS = 200_000
 
 
 def _file_name(path: str) -> str:
@@ -62,83 +78,177 @@ def input_error_message(path: str, number: int, error: BaseException) -> str:
 
 
 @beam.typehints.with_output_types(Any)
-class ReadLinesFn(beam.DoFn):
-    """(category, path) -> (category, path, line number, raw bytes) for every line.
+class ReadChunksFn(beam.DoFn):
+    """(category, path) -> (category, path, first line number, chunk) over the whole file.
 
-    Counts the file's lines once (tagged ``counts``) rather than per line. A UTF-8 byte-order
-    mark opening the file is not part of its first record, so it is stripped.
+    A chunk is about ``CHUNK_BYTES`` of whole lines: the parsers after the reshuffle get a few
+    large elements rather than one per line, and share a file between workers. Counts the
+    file's lines once (tagged ``counts``). A UTF-8 byte-order mark opening the file is not
+    part of its first record, so it is stripped.
     """
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, chunk_bytes: int = CHUNK_BYTES):
         self._metric = metric  # counter name for lines read, e.g. "read"
+        self._chunk_bytes = chunk_bytes  # decompressed bytes read at a time
 
     def process(self, source):
         category, path = source
-        number = 0
+        lines = 0
         try:
             with open_lines(path) as stream:
-                for number, raw in enumerate(stream, start=1):
-                    if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                        raw = raw[len(codecs.BOM_UTF8):]
-                    yield category, path, number, raw
+                pending = b""
+                while block := stream.read(self._chunk_bytes):
+                    if lines == 0 and not pending and block.startswith(codecs.BOM_UTF8):
+                        block = block[len(codecs.BOM_UTF8):]
+                    block = pending + block
+                    cut = block.rfind(b"\n") + 1  # 0: no line has ended in it yet
+                    chunk, pending = block[:cut], block[cut:]
+                    if chunk:
+                        yield category, path, lines + 1, chunk
+                        lines += chunk.count(b"\n")
+                if pending:
+                    yield category, path, lines + 1, pending
+                    lines += 1
         except (OSError, EOFError, zlib.error) as error:
-            # A damaged compressed stream hides how many lines were lost: stop loudly. The
-            # message is one line; run_ingest finds it again inside the runner's wrapping.
-            raise InputError(input_error_message(path, number, error)) from error
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, self._metric), number))
+            # A damaged compressed stream hides how many lines were lost: stop loudly, naming
+            # the last whole line. The message is one line; run_ingest finds it again inside
+            # the runner's wrapping.
+            raise InputError(input_error_message(path, _readable_lines(path), error)) from error
+        yield beam.pvalue.TaggedOutput(COUNTS, ((category, self._metric), lines))
+
+
+def _readable_lines(path: str) -> int:
+    """How many lines of a damaged file read back before the damage (the error path only)."""
+    number = 0
+    try:
+        with open_lines(path) as stream:
+            for _ in stream:
+                number += 1
+    except (OSError, EOFError, zlib.error):
+        pass
+    return number
+
+
+def split_lines(chunk: bytes) -> list[bytes]:
+    """A chunk's lines without their newlines, split where a file iterator splits (b"\\n")."""
+    lines = chunk.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the last line ended with its newline
+    return lines
+
+
+def _read_chunks(pbegin, label: str, files, metric: str, chunk_bytes: int):
+    """Files -> chunks spread over the workers (a reshuffle), and the counts of lines read."""
+    chunks = (
+        pbegin
+        | f"List{label}Files" >> beam.Create(files)
+        | f"Read{label}Chunks" >> beam.ParDo(ReadChunksFn(metric, chunk_bytes)).with_outputs(
+            COUNTS, main="chunks")
+    )
+    return chunks.chunks | f"Spread{label}Chunks" >> beam.Reshuffle(), chunks[COUNTS]
+
+
+def user_bucket(user_id: str) -> int:
+    """Stable (runner- and process-independent) bucket of a user's reviews."""
+    return zlib.crc32(user_id.encode("utf-8")) % NUM_USER_BUCKETS
+
+
+def batch_reviews(reviews) -> list:
+    """(category, Review) pairs -> [((category, bucket), (Review fields, ...))], each user's
+    reviews in its one bucket: the form ReadReviews outputs and BuildUserSequences takes."""
+    batches: dict = collections.defaultdict(list)
+    for category, review in reviews:
+        batches[(category, user_bucket(review.user_id))].append(tuple(review))
+    return [(key, tuple(batch)) for key, batch in sorted(batches.items())]
 
 
 @beam.typehints.with_output_types(Any)
-class ParseReviewFn(beam.DoFn):
-    """Raw review line -> (category, Review), or a dead-letter record (counted)."""
+class ParseReviewsFn(beam.DoFn):
+    """Chunks of review lines -> ((category, user bucket), (Review fields, ...)) batches, and
+    a dead-letter record (counted) for each bad line.
+
+    A bundle's reviews are held by user bucket and handed on at the bundle's end (or whenever
+    ``FLUSH_REVIEWS`` are held), so the shuffle by user moves a few thousand batches rather
+    than one element per review.
+    """
+
+    def __init__(self, flush_reviews: int = FLUSH_REVIEWS):
+        self._flush_reviews = flush_reviews  # reviews held before the batches are handed on
+
+    def start_bundle(self):
+        self._batches: dict = collections.defaultdict(list)
+        self._held = 0
 
     def process(self, element):
-        category, path, number, raw = element
-        try:
-            yield category, parse_review(raw, number)
-        except BadLine as error:
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "dead_letter"), 1))
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, _dead_letter("reviews", category, path, number, error.reason, raw)
-            )
+        category, path, first, chunk = element
+        lines = split_lines(chunk)
+        bad = 0
+        for number, raw in enumerate(lines, start=first):
+            try:
+                review = parse_review(raw, number)
+            except BadLine as error:
+                bad += 1
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(
+                    "reviews", category, path, number, error.reason, raw))
+                continue
+            # A plain tuple: Beam's coder pickles a NamedTuple, one pickle per review.
+            self._batches[(category, user_bucket(review.user_id))].append(tuple(review))
+        self._held += len(lines) - bad
+        if bad:
+            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "dead_letter"), bad))
+        if self._held >= self._flush_reviews:
+            yield from self._take_batches()
+
+    def finish_bundle(self):
+        for batch in self._take_batches():
+            yield WindowedValue(batch, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _take_batches(self) -> list:
+        batches, self._batches, self._held = self._batches, collections.defaultdict(list), 0
+        return [(key, tuple(batch)) for key, batch in sorted(batches.items())]
 
 
 class ReadReviews(beam.PTransform):
-    """Review files -> outputs ``reviews`` (category, Review), ``dead_letter``, ``counts``."""
+    """Review files -> outputs ``reviews`` (batches, see ParseReviewsFn), ``dead_letter`` and
+    ``counts``."""
 
-    def __init__(self, sources: list[CategorySource]):
+    def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES,
+                 flush_reviews: int = FLUSH_REVIEWS):
         super().__init__()
         self._files = [(source.name, source.reviews_path) for source in sources]
+        self._chunk_bytes = chunk_bytes
+        self._flush_reviews = flush_reviews
 
     def expand(self, pbegin):
-        lines = (
-            pbegin
-            | "ListReviewFiles" >> beam.Create(self._files)
-            | "ReadReviewLines" >> beam.ParDo(ReadLinesFn("read")).with_outputs(
-                COUNTS, main="lines")
-        )
-        parsed = lines.lines | "ParseReviewLines" >> beam.ParDo(ParseReviewFn()).with_outputs(
+        chunks, read_counts = _read_chunks(pbegin, "Review", self._files, "read",
+                                           self._chunk_bytes)
+        parsed = chunks | "ParseReviewChunks" >> beam.ParDo(
+            ParseReviewsFn(self._flush_reviews)).with_outputs(
             COUNTS, DEAD_LETTER, main="reviews"
         )
-        counts = (lines[COUNTS], parsed[COUNTS]) | "FlattenReviewCounts" >> beam.Flatten()
+        counts = (read_counts, parsed[COUNTS]) | "FlattenReviewCounts" >> beam.Flatten()
         return {"reviews": parsed.reviews, DEAD_LETTER: parsed[DEAD_LETTER], COUNTS: counts}
 
 
 @beam.typehints.with_output_types(Any)
-class ParseMetaFn(beam.DoFn):
-    """Raw metadata line -> ((category, asin), (line, attributes)), or a dead letter."""
+class ParseMetadataFn(beam.DoFn):
+    """Chunks of metadata lines -> ((category, asin), (line, attributes)) per row, and a
+    dead-letter record (counted) for each bad row."""
 
     def process(self, element):
-        category, path, number, raw = element
-        try:
-            asin, attributes = parse_meta(raw)
-        except BadLine as error:
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "metadata_dead_letter"), 1))
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, _dead_letter("metadata", category, path, number, error.reason, raw)
-            )
-            return
-        yield (category, asin), (number, attributes.as_tuple())
+        category, path, first, chunk = element
+        bad = 0
+        for number, raw in enumerate(split_lines(chunk), start=first):
+            try:
+                asin, attributes = parse_meta(raw)
+            except BadLine as error:
+                bad += 1
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(
+                    "metadata", category, path, number, error.reason, raw))
+                continue
+            yield (category, asin), (number, attributes.as_tuple())
+        if bad:
+            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "metadata_dead_letter"), bad))
 
 
 class ReadMetadata(beam.PTransform):
@@ -147,18 +257,15 @@ class ReadMetadata(beam.PTransform):
     Also outputs ``dead_letter`` and ``counts`` (rows, bad rows, repeated asins).
     """
 
-    def __init__(self, sources: list[CategorySource]):
+    def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES):
         super().__init__()
         self._files = [(s.name, s.meta_path) for s in sources if s.meta_path is not None]
+        self._chunk_bytes = chunk_bytes
 
     def expand(self, pbegin):
-        lines = (
-            pbegin
-            | "ListMetadataFiles" >> beam.Create(self._files)
-            | "ReadMetadataLines" >> beam.ParDo(ReadLinesFn("metadata_rows")).with_outputs(
-                COUNTS, main="lines")
-        )
-        parsed = lines.lines | "ParseMetadataLines" >> beam.ParDo(ParseMetaFn()).with_outputs(
+        chunks, read_counts = _read_chunks(pbegin, "Metadata", self._files, "metadata_rows",
+                                           self._chunk_bytes)
+        parsed = chunks | "ParseMetadataChunks" >> beam.ParDo(ParseMetadataFn()).with_outputs(
             COUNTS, DEAD_LETTER, main="rows"
         )
         # min over (line, attributes) keeps the earliest row of a repeated asin.
@@ -167,18 +274,25 @@ class ReadMetadata(beam.PTransform):
         unique_counts = items | "CountUniqueAsins" >> beam.MapTuple(
             lambda key, _: ((key[0], "metadata_unique_asins"), 1)
         )
-        counts = (lines[COUNTS], parsed[COUNTS], unique_counts) | (
+        counts = (read_counts, parsed[COUNTS], unique_counts) | (
             "FlattenMetadataCounts" >> beam.Flatten())
         return {"items": items, DEAD_LETTER: parsed[DEAD_LETTER], COUNTS: counts}
 
 
-@beam.typehints.with_output_types(Any)
-class BuildSequenceFn(beam.DoFn):
-    """One user's reviews -> sampled, chronological, strictly deduplicated, long enough.
+_USER, _ASIN = map(Review._fields.index, ("user_id", "asin"))
+_ASIN_AND_TIME = operator.itemgetter(*map(Review._fields.index, ("asin", "timestamp")))
 
-    Emits (category, user_id, ((asin, timestamp), ...)), the counters of what it dropped, the
-    users/purchases before the minimum-length filter and, tagged ``items_before_filter``, the
-    (category, asin) of those purchases (Table 1 counted with and without the filter).
+
+@beam.typehints.with_output_types(Any)
+class BuildSequencesFn(beam.DoFn):
+    """One bucket's reviews -> each user's sampled, chronological, strictly deduplicated
+    sequence, if long enough.
+
+    Emits the bucket's kept users as one batch, ((category, bucket), ((user_id, ((asin,
+    timestamp), ...)), ...)) sorted by user, and once per bucket the counters of what it
+    dropped and of the users/purchases before the minimum-length filter, and (tagged
+    ``items_before_filter``) (category, asins of those purchases): Table 1 counted with and
+    without the filter.
     """
 
     def __init__(self, rules: dict, seed: int):
@@ -187,63 +301,106 @@ class BuildSequenceFn(beam.DoFn):
         self._seed = seed
 
     def process(self, element):
-        (category, user_id), reviews = element
+        (category, bucket), batches = element
         rate, min_events = self._rules[category]
-        reviews = list(reviews)
-        if not user_is_sampled(self._seed, category, user_id, rate):
-            yield beam.pvalue.TaggedOutput(
-                COUNTS, ((category, "filtered:user_sampled_out"), len(reviews)))
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "users:user_sampled_out"), 1))
-            return
-        kept, duplicates = strict_dedup(chronological(reviews))
-        if duplicates:
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "strict_duplicates"), duplicates))
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "before_filter:users"), 1))
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "before_filter:purchases"), len(kept)))
-        for asin in sorted({event.asin for event in kept}):
-            yield beam.pvalue.TaggedOutput(ITEMS_BEFORE_FILTER, (category, asin))
-        if len(kept) < min_events:
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "filtered:too_short"), len(kept)))
-            yield beam.pvalue.TaggedOutput(COUNTS, ((category, "users:too_short"), 1))
-            return
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "kept"), len(kept)))
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, "users"), 1))
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, f"{LENGTH_PREFIX}{len(kept)}"), 1))
-        yield category, user_id, tuple((event.asin, event.timestamp) for event in kept)
+        by_user: dict = collections.defaultdict(list)
+        for batch in batches:
+            for review in batch:  # a Review's fields, as a plain tuple
+                by_user[review[_USER]].append(review)
+        counts: collections.Counter = collections.Counter()
+        items: set = set()
+        sequences = []
+        for user_id in sorted(by_user):
+            reviews = by_user[user_id]
+            if not user_is_sampled(self._seed, category, user_id, rate):
+                counts["filtered:user_sampled_out"] += len(reviews)
+                counts["users:user_sampled_out"] += 1
+                continue
+            kept, duplicates = strict_dedup(chronological(reviews))
+            counts["strict_duplicates"] += duplicates
+            counts["before_filter:users"] += 1
+            counts["before_filter:purchases"] += len(kept)
+            items.update(event[_ASIN] for event in kept)
+            if len(kept) < min_events:
+                counts["filtered:too_short"] += len(kept)
+                counts["users:too_short"] += 1
+                continue
+            counts["kept"] += len(kept)
+            counts["users"] += 1
+            counts[f"{LENGTH_PREFIX}{len(kept)}"] += 1
+            sequences.append((user_id, tuple(map(_ASIN_AND_TIME, kept))))
+        if sequences:
+            yield (category, bucket), tuple(sequences)
+        for metric, value in sorted(counts.items()):
+            if value:
+                yield beam.pvalue.TaggedOutput(COUNTS, ((category, metric), value))
+        if items:
+            yield beam.pvalue.TaggedOutput(ITEMS_BEFORE_FILTER, (category, tuple(sorted(items))))
 
 
-def _user_key(category: str, review: Review):
-    return (category, review.user_id), review
+def batch_sequences(sequences) -> list:
+    """(category, user_id, events) rows -> [((category, bucket), ((user_id, events), ...))]: the
+    form of BuildUserSequences' ``sequences``, which the later stages take."""
+    batches: dict = collections.defaultdict(list)
+    for category, user_id, events in sequences:
+        batches[(category, user_bucket(user_id))].append((user_id, tuple(events)))
+    return [(key, tuple(sorted(batch))) for key, batch in sorted(batches.items())]
+
+
+def sequence_rows(batch) -> list:
+    """A batch of sequences (batch_sequences) -> its (category, user_id, events) rows."""
+    (category, _), sequences = batch
+    return [(category, user_id, events) for user_id, events in sequences]
 
 
 class BuildUserSequences(beam.PTransform):
-    """(category, Review) -> outputs ``sequences``, ``counts`` and ``items_before_filter``
-    (see BuildSequenceFn)."""
+    """Review batches (``batch_reviews``) -> outputs ``sequences`` (batches, see
+    ``batch_sequences``), ``counts`` and ``items_before_filter`` (see BuildSequencesFn)."""
 
     def __init__(self, sources: list[CategorySource], seed: int):
         super().__init__()
         self._rules = {s.name: (s.user_sample_rate, s.min_events) for s in sources}
         self._seed = seed
 
-    def expand(self, reviews):
+    def expand(self, batches):
         return (
-            reviews
-            | "KeyByUser" >> beam.MapTuple(_user_key)
-            | "GroupByUser" >> beam.GroupByKey()
-            | "SortDedupFilter" >> beam.ParDo(BuildSequenceFn(self._rules, self._seed))
+            batches
+            | "GroupByUserBucket" >> beam.GroupByKey()
+            | "SortDedupFilter" >> beam.ParDo(BuildSequencesFn(self._rules, self._seed))
             .with_outputs(COUNTS, ITEMS_BEFORE_FILTER, main="sequences")
         )
 
 
+class UnionFn(beam.CombineFn):
+    """The union of iterables, as a sorted tuple (combined where each batch is made, so a
+    category's items cross the shuffle once per bundle, not once per event)."""
+
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, accumulator, values):
+        accumulator.update(values)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = set()
+        for accumulator in accumulators:
+            merged |= accumulator
+        return merged
+
+    def extract_output(self, accumulator):
+        return tuple(sorted(accumulator))
+
+
 class CountItemsBeforeFilter(beam.PTransform):
-    """(category, asin) of sampled users' events -> ((category, "before_filter:items"), n)."""
+    """(category, asins) of sampled users' events -> ((category, "before_filter:items"), n)."""
 
     def expand(self, items):
         return (
             items
-            | "DistinctItemsBeforeFilter" >> beam.Distinct()
-            | "OnePerItemBeforeFilter" >> beam.MapTuple(
-                lambda category, _: ((category, "before_filter:items"), 1))
+            | "DistinctItemsBeforeFilter" >> beam.CombinePerKey(UnionFn())
+            | "CountDistinctItems" >> beam.MapTuple(
+                lambda category, asins: ((category, "before_filter:items"), len(asins)))
         )
 
 
@@ -267,9 +424,12 @@ class BuildCorpus(beam.PTransform):
     def expand(self, inputs):
         used = (
             inputs["sequences"]
-            | "ItemsOfSequences" >> beam.FlatMapTuple(
-                lambda category, _, events: {((category, asin), None) for asin, _ in events}
-            )
+            | "ItemsOfSequences" >> beam.MapTuple(
+                lambda key, sequences: (key[0], [asin for _, events in sequences
+                                                 for asin, _ in events]))
+            | "DistinctItemsOfSequences" >> beam.CombinePerKey(UnionFn())
+            | "OnePerUsedItem" >> beam.FlatMapTuple(
+                lambda category, asins: [((category, asin), None) for asin in asins])
         )
         return (
             {"used": used, "meta": inputs["items"]}
@@ -278,41 +438,18 @@ class BuildCorpus(beam.PTransform):
         )
 
 
-@beam.typehints.with_output_types(Any)
-class SplitSequenceFn(beam.DoFn):
-    """A user's sequence -> one serialised Example per split of the category's role."""
-
-    def __init__(self, roles: dict):
-        self._roles = roles  # category -> role
-
-    def process(self, element, texts):
-        category, user_id, events = element
-        for split, prefix in split_by_role(events, self._roles[category]).items():
-            example = {
-                "user_id": user_id,
-                "category": category,
-                "asins": [asin for asin, _ in prefix],
-                "texts": [texts[(category, asin)] for asin, _ in prefix],
-                "timestamps": [timestamp for _, timestamp in prefix],
-            }
-            yield (category, split), (user_id, records.encode_tf_example(example))
-
-
-class SplitByRole(beam.PTransform):
-    """Sequences + corpus -> ((category, split), (user_id, Example bytes))."""
-
-    def __init__(self, sources: list[CategorySource]):
-        super().__init__()
-        self._roles = {source.name: source.role for source in sources}
-
-    def expand(self, inputs):
-        texts = inputs["corpus"] | "ItemTexts" >> beam.MapTuple(
-            lambda category, asin, attributes, _: (
-                (category, asin), format_item(ItemAttributes(*attributes)))
-        )
-        return inputs["sequences"] | "MakeExamples" >> beam.ParDo(
-            SplitSequenceFn(self._roles), texts=beam.pvalue.AsDict(texts)
-        )
+def user_examples(category: str, user_id: str, events, role: str, texts) -> dict[str, bytes]:
+    """A user's sequence -> {split: serialised Example} for each split of the category's role
+    (``texts``: (category, asin) -> item text); each split's example is a prefix."""
+    lengths = {split: len(prefix) for split, prefix in split_by_role(events, role).items()}
+    encoded = records.encode_prefix_examples({
+        "user_id": user_id,
+        "category": category,
+        "asins": [asin for asin, _ in events],
+        "texts": [texts[(category, asin)] for asin, _ in events],
+        "timestamps": [timestamp for _, timestamp in events],
+    }, lengths.values())
+    return {split: encoded[length] for split, length in lengths.items()}
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -322,54 +459,76 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 @beam.typehints.with_output_types(Any)
 class WriteShardFn(beam.DoFn):
-    """Writes one shard: its examples sorted by user id, framed as TFRecords."""
+    """Writes one shard of a category for every split of its role: the examples of the
+    shard's users, sorted by user id, framed as TFRecords. Emits the examples counted."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, roles: dict, splits: dict):
         self._output_dir = output_dir
+        self._roles = roles  # category -> role
+        self._splits = splits  # category -> the splits its role writes
 
-    def process(self, element):
-        (category, split, index, num_shards), values = element
-        examples = sorted(value for value in values if value is not None)
-        buffer = io.BytesIO()
-        records.write_records(buffer, (data for _, data in examples))
-        name = records.shard_name(split, index, num_shards)
-        _write_bytes(FileSystems.join(self._output_dir, category, name), buffer.getvalue())
-        yield (category, f"{split}_examples"), len(examples)
+    def process(self, element, texts):
+        (category, index, num_shards), batches = element
+        role = self._roles[category]
+        sequences = sorted(row for batch in batches if batch is not None for row in batch)
+        examples = [user_examples(category, user_id, events, role, texts)
+                    for user_id, events in sequences]
+        for split in self._splits[category]:
+            buffer = io.BytesIO()
+            records.write_records(buffer, (example[split] for example in examples))
+            name = records.shard_name(split, index, num_shards)
+            _write_bytes(FileSystems.join(self._output_dir, category, name), buffer.getvalue())
+            yield (category, f"{split}_examples"), len(examples)
 
 
-def _assign_shard(element, num_records, records_per_shard):
-    (category, split), (user_id, data) = element
-    num_shards = records.num_shards_for(num_records[(category, split)], records_per_shard)
-    index = records.shard_of(user_id, num_shards)
-    return (category, split, index, num_shards), (user_id, data)
+def _assign_shards(element, num_users, records_per_shard):
+    """A batch of a category's sequences -> one batch per shard its users fall in."""
+    (category, _), sequences = element
+    num_shards = records.num_shards_for(num_users[category], records_per_shard)
+    shards = collections.defaultdict(list)
+    for user_id, events in sequences:
+        shards[records.shard_of(user_id, num_shards)].append((user_id, events))
+    return [((category, index, num_shards), tuple(batch))
+            for index, batch in sorted(shards.items())]
 
 
 def _all_shards(element, records_per_shard):
-    (category, split), count = element
+    category, count = element
     num_shards = records.num_shards_for(count, records_per_shard)
-    return [((category, split, index, num_shards), None) for index in range(num_shards)]
+    return [((category, index, num_shards), None) for index in range(num_shards)]
 
 
 class WriteTFRecords(beam.PTransform):
-    """Examples -> <out>/<category>/<split>-SSSSS-of-NNNNN.tfrecord; outputs counters.
+    """Sequence batches + corpus -> <out>/<category>/<split>-SSSSS-of-NNNNN.tfrecord, one
+    Example per user and split of the category's role (``user_examples``); outputs counters.
 
-    The shard count follows the split's size; a user's shard is a stable hash of its id,
-    and every shard file is written, empty or not, so the set is always complete.
+    Every split of a role holds one example per kept user, so the shard count follows the
+    category's users; a user's shard is a stable hash of its id, and every shard file is
+    written, empty or not, so the set is always complete. Examples are made where their shard
+    is written: only the short sequences cross the shuffle, never the examples' item texts.
     """
 
     def __init__(self, output_dir: str, sources: list[CategorySource], records_per_shard: int):
         super().__init__()
         self._output_dir = output_dir
-        self._expected = [((s.name, split), 0) for s in sources for split in s.splits]
+        self._roles = {source.name: source.role for source in sources}
+        self._splits = {source.name: source.splits for source in sources}
         self._records_per_shard = records_per_shard
 
-    def expand(self, examples):
-        ones = examples | "OnePerExample" >> beam.MapTuple(lambda key, _: (key, 1))
-        zeros = examples.pipeline | "ExpectedSplits" >> beam.Create(self._expected)
-        sizes = (ones, zeros) | "FlattenSplitSizes" >> beam.Flatten() | (
-            "CountPerSplit" >> beam.CombinePerKey(sum))
-        keyed = examples | "AssignShards" >> beam.Map(
-            _assign_shard, num_records=beam.pvalue.AsDict(sizes),
+    def expand(self, inputs):
+        sequences = inputs["sequences"]
+        texts = inputs["corpus"] | "ItemTexts" >> beam.MapTuple(
+            lambda category, asin, attributes, _: (
+                (category, asin), format_item(ItemAttributes(*attributes)))
+        )
+        users = sequences | "UsersPerBatch" >> beam.MapTuple(
+            lambda key, batch: (key[0], len(batch)))
+        zeros = sequences.pipeline | "ExpectedCategories" >> beam.Create(
+            [(category, 0) for category in self._roles])
+        sizes = (users, zeros) | "FlattenUserCounts" >> beam.Flatten() | (
+            "UsersPerCategory" >> beam.CombinePerKey(sum))
+        keyed = sequences | "AssignShards" >> beam.FlatMap(
+            _assign_shards, num_users=beam.pvalue.AsDict(sizes),
             records_per_shard=self._records_per_shard,
         )
         markers = sizes | "EveryShard" >> beam.FlatMap(
@@ -378,7 +537,9 @@ class WriteTFRecords(beam.PTransform):
             (keyed, markers)
             | "FlattenShardInputs" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShardFn(self._output_dir))
+            | "WriteShards" >> beam.ParDo(
+                WriteShardFn(self._output_dir, self._roles, self._splits),
+                texts=beam.pvalue.AsDict(texts))
         )
 
 
@@ -471,7 +632,8 @@ class WriteDeadLetters(beam.PTransform):
 
 
 class ComputeMixture(beam.PTransform):
-    """Sequences -> one dict: Stage I weights ∝ |U|^exponent over users with train sequences."""
+    """Sequence batches -> one dict: Stage I weights ∝ |U|^exponent over users with train
+    sequences."""
 
     def __init__(self, sources: list[CategorySource], exponent: float):
         super().__init__()
@@ -479,7 +641,8 @@ class ComputeMixture(beam.PTransform):
         self._exponent = exponent
 
     def expand(self, sequences):
-        ones = sequences | "OnePerUser" >> beam.MapTuple(lambda category, *_: (category, 1))
+        ones = sequences | "UsersPerBatch" >> beam.MapTuple(
+            lambda key, batch: (key[0], len(batch)))
         zeros = sequences.pipeline | "EveryMixtureCategory" >> beam.Create(self._zeros)
         return (
             (ones, zeros)

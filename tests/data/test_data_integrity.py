@@ -207,3 +207,48 @@ def test_table1_counts_before_and_after_the_length_filter(raw_dir, raw, tmp_path
             table["purchases_before_filter"]) == (4, 10, 10)
     assert (table["users"], table["items"], table["total_purchases"]) == (2, 7, 7)
     assert stats["strict_duplicates"] == 1
+
+
+def test_beams_timed_output_flush_loses_what_is_written_during_it():
+    """Why multi-threaded ingests are refused: the multi-threaded DirectRunner buffers each
+    bundle's output for up to 1 s, and its timer thread flushes (snapshot, send, clear) while
+    the bundle's thread keeps writing; a write between the snapshot and the clear is lost.
+    Here the flush interval is 1 ms and the send hands the data to a queue as the gRPC data
+    channel does. When this stops losing data, Beam has fixed it and the refusal can go."""
+    import queue
+    import time
+
+    from apache_beam.runners.worker.data_plane import TimeBasedBufferingClosableOutputStream
+
+    sent: queue.Queue = queue.Queue()
+
+    def send(data: bytes) -> None:
+        sent.put(data)
+        time.sleep(0)  # as a real send does, let other threads run
+
+    stream = TimeBasedBufferingClosableOutputStream(
+        close_callback=send, flush_callback=send, time_flush_threshold_ms=1)
+    written, deadline = 0, time.monotonic() + 20
+    record = b"x" * 64
+    lost = False
+    while not lost and time.monotonic() < deadline:
+        for _ in range(20_000):
+            stream.write(record)
+            written += len(record)
+        received = sum(len(data) for data in list(sent.queue))
+        lost = received + stream.size() < written
+    stream.close()
+    assert lost, "Beam's timed flush kept every write: the multi_threading refusal can go"
+
+
+@pytest.mark.parametrize("beam_args", [
+    ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
+    ["--experiments=data_buffer_time_limit_ms=100"],
+])
+def test_a_runner_setting_that_can_drop_elements_is_refused(raw_dir, raw, tmp_path, capsys,
+                                                             beam_args):
+    config = _good_and_empty(raw_dir, raw, tmp_path)
+    code = cli.main(["ingest", "--input", str(raw_dir), "--config", str(config), "--output",
+                     str(tmp_path / "out"), "--allow-empty-categories", "--", *beam_args])
+    _one_line_error(capsys, code, "can drop elements")
+    assert not (tmp_path / "out").exists()

@@ -44,6 +44,20 @@ def test_encode_rejects_lists_of_different_length():
         encode_tf_example({**EXAMPLE, "timestamps": [1]})
 
 
+def test_prefix_examples_are_the_bytes_of_each_prefix_encoded_alone():
+    longer = {**EXAMPLE, "asins": EXAMPLE["asins"] + ["B3", "B4"],
+              "texts": EXAMPLE["texts"] + ["Title: c", "Title: d"],
+              "timestamps": EXAMPLE["timestamps"] + [1_700_000_000, 1_800_000_000]}
+    encoded = records.encode_prefix_examples(longer, [2, 4, 3, 0, 2])
+    assert sorted(encoded) == [0, 2, 3, 4]
+    for length, data in encoded.items():
+        alone = {**longer, **{name: longer[name][:length]
+                              for name in ("asins", "texts", "timestamps")}}
+        assert data == encode_tf_example(alone)
+    with pytest.raises(ValueError, match="no prefix of length 5"):
+        records.encode_prefix_examples(longer, [5])
+
+
 def test_framing_is_read_back_by_beam_tfrecord_reader(tmp_path):
     payloads = [encode_tf_example({**EXAMPLE, "user_id": f"U{i}"}) for i in range(5)]
     path = tmp_path / "train-00000-of-00001.tfrecord"

@@ -299,7 +299,7 @@ def _dataflow_args(service: StandIn, *extra: str) -> list[str]:
             "--job_name", "calrec-ingest-test", *extra]
 
 
-STAGES = ("ReadReviews", "ReadMetadata", "BuildUserSequences", "BuildCorpus", "SplitByRole",
+STAGES = ("ReadReviews", "ReadMetadata", "BuildUserSequences", "BuildCorpus",
           "ComputeMixture", "WriteTFRecords", "WriteCorpus", "WriteDeadLetters", "WriteStats")
 
 
