@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 from calrec_core.errors import CalrecError
+from calrec_core.model.loading import _DONE, convert
 
-_DONE = "complete.json"  # loading's completion mark, the last file a conversion writes
 _PARTIAL = ".partial-"  # ".<cache name>.partial-<parent pid>-<random>": a conversion's folder
 # Runs main() from the parent's own calrec_core, whatever the child's sys.path would find.
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -38,8 +38,8 @@ def convert_in_child(source: pathlib.Path, cache: pathlib.Path) -> None:
     process; a failure of the child is raised here as one ``CalrecError`` line."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(cache)
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{cache.name}{_PARTIAL}{os.getpid()}-",
-                                            dir=cache.parent))
+    partial = cache.parent / f".{cache.name}{_PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+    partial.mkdir()  # the mode a folder made in place gets (mkdtemp's would be 0700)
     root = pathlib.Path(__file__).resolve().parents[2]  # the folder holding calrec_core
     try:
         # stderr is the parent's (the progress bar); stdout carries the child's error line.
@@ -119,8 +119,6 @@ def main(argv: list[str]) -> int:
     """The child: ``PARENT_PID SOURCE FOLDER``; an error is printed as one line on stdout."""
     try:
         _die_with_parent(int(argv[0]))
-        from calrec_core.model.loading import convert
-
         convert(pathlib.Path(argv[1]), pathlib.Path(argv[2]))
     except KeyboardInterrupt:  # Ctrl-C reaches the parent too, which reports it
         return 130
