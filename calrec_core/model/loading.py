@@ -2,9 +2,10 @@
 
 Either source is converted once into a cache directory of float32 ``.npy`` arrays named
 by parameter path, plus our config and the tokenizer; later starts read only the cache.
-Arrays are converted and written one at a time, and each is read back straight into an aligned
-buffer that the CPU device adopts without a copy, so the peak memory of loading stays near the
-size of the model (benchmarks/bench_load.py).
+The conversion runs in a child process (``calrec_core.model.conversion``), so the process
+that loads never holds its residue. Arrays are converted and written one at a time, and each
+is read back straight into an aligned buffer that the CPU device adopts without a copy, so the
+peak memory of loading stays near the size of the model (benchmarks/bench_load.py).
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def gguf_config(reader) -> Gemma3Config:
     )
 
 
-def gguf_tokenizer(reader) -> Tokenizer:
-    from calrec_core.model.tokenizer import sentencepiece_bpe_from_vocab
-
+def gguf_vocabulary(reader) -> dict:
+    """The tokenizer's pieces, piece types and special ids from GGUF metadata: the keyword
+    arguments of ``sentencepiece_bpe_from_vocab``, small next to the reader's parse of them."""
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":
         raise ValueError(f"expected a SentencePiece ('llama') GGUF tokenizer, got {model!r}")
@@ -129,14 +130,24 @@ def gguf_tokenizer(reader) -> Tokenizer:
     tokens = [bytes(tokens_field.parts[i]).decode("utf-8") for i in tokens_field.data]
     types_field = reader.fields["tokenizer.ggml.token_type"]
     token_types = [int(types_field.parts[i][0]) for i in types_field.data]
-    return sentencepiece_bpe_from_vocab(
-        tokens,
-        token_types,
+    return dict(
+        tokens=tokens,
+        token_types=token_types,
         bos_id=int(_field(reader, "tokenizer.ggml.bos_token_id")),
         eos_id=int(_field(reader, "tokenizer.ggml.eos_token_id")),
         pad_id=int(_field(reader, "tokenizer.ggml.padding_token_id")),
         unk_id=int(_field(reader, "tokenizer.ggml.unknown_token_id")),
     )
+
+
+def tokenizer_from_vocabulary(vocabulary: dict) -> Tokenizer:
+    from calrec_core.model.tokenizer import sentencepiece_bpe_from_vocab
+
+    return sentencepiece_bpe_from_vocab(**vocabulary)
+
+
+def gguf_tokenizer(reader) -> Tokenizer:
+    return tokenizer_from_vocabulary(gguf_vocabulary(reader))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +168,12 @@ def _dequantized_rows(tensor, dequantize) -> Iterator[np.ndarray]:
         yield np.asarray(dequantize(rows, tensor.tensor_type), dtype=np.float32)
 
 
-def gguf_params(reader, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray | RowBlocks]]:
-    """Yields (our path, float32 array) one tensor at a time, dequantized."""
+def gguf_params(tensors, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray | RowBlocks]]:
+    """Yields (our path, float32 array) one tensor at a time, dequantized, from a GGUF reader's
+    ``tensors`` (which map the file, without the reader's metadata)."""
     from gguf import dequantize
 
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in tensors}
     for path, (gguf_name, _) in param_names(config).items():
         if gguf_name not in tensors:
             raise KeyError(f"GGUF has no tensor {gguf_name!r} (for {path})")
@@ -218,7 +230,8 @@ def hf_config(config_json: dict) -> Gemma3Config:
     )
 
 
-def hf_params(directory: pathlib.Path, config: Gemma3Config) -> Iterator[tuple[str, np.ndarray]]:
+def hf_params(directory: pathlib.Path,
+              config: Gemma3Config) -> Iterator[tuple[str, np.ndarray | RowBlocks]]:
     """Yields (our path, float32 array) from the directory's ``*.safetensors`` shards."""
     from safetensors import safe_open
 
@@ -237,19 +250,34 @@ def hf_params(directory: pathlib.Path, config: Gemma3Config) -> Iterator[tuple[s
         if hf_name not in where:
             raise KeyError(f"{directory} has no tensor for {hf_name!r} (our {path})")
         file, key = where[hf_name]
+        if path == "embedding":  # (V, D) is already our layout; 671 MB as float32
+            with safe_open(str(file), framework="np") as handle:
+                shape = tuple(handle.get_slice(key).get_shape())
+            yield path, RowBlocks(shape=shape, blocks=functools.partial(_hf_rows, file, key))
+            continue
         with safe_open(str(file), framework="np") as handle:
             weights = _as_float32(handle, key)
         yield path, to_ours(path, weights, config)
 
 
-def _as_float32(handle, key: str) -> np.ndarray:
-    """numpy has no bfloat16: read bf16 tensors as raw uint16 and widen them by hand."""
-    try:
-        return handle.get_tensor(key).astype(np.float32)
-    except TypeError:
-        import ml_dtypes  # Ships with JAX.
+def _hf_rows(file: pathlib.Path, key: str) -> Iterator[np.ndarray]:
+    from safetensors import safe_open
 
-        return handle.get_slice(key)[:].view(ml_dtypes.bfloat16).astype(np.float32)
+    with safe_open(str(file), framework="np") as handle:
+        rows = handle.get_slice(key).get_shape()[0]
+        for start in range(0, rows, _ROWS_PER_BLOCK):
+            # safetensors refuses a slice past the end (numpy would clip it).
+            yield _as_float32(handle, key, slice(start, min(start + _ROWS_PER_BLOCK, rows)))
+
+
+def _as_float32(handle, key: str, rows: slice = slice(None)) -> np.ndarray:
+    """The tensor (or its ``rows``) as float32; bf16 ones read once numpy knows bfloat16."""
+    try:
+        return handle.get_slice(key)[rows].astype(np.float32)
+    except TypeError:  # "data type 'bfloat16' not understood"
+        import ml_dtypes  # noqa: F401 (registers bfloat16 with numpy; ships with JAX)
+
+        return handle.get_slice(key)[rows].astype(np.float32)
 
 
 def hf_tokenizer(directory: pathlib.Path, config_json: dict) -> Tokenizer:
@@ -299,19 +327,19 @@ def cache_dir_for(source: pathlib.Path, cache_root: pathlib.Path) -> pathlib.Pat
     return cache_root / f"{source.stem}-{key}-v{_CACHE_VERSION}"
 
 
-def write_cache(
-    cache: pathlib.Path,
-    config: Gemma3Config,
-    params: Iterator[tuple[str, np.ndarray]],
-    tokenizer: Tokenizer,
-    total: int,
-) -> None:
-    """Writes config, tokenizer and one ``.npy`` per parameter; marks completion last."""
-    from tqdm import tqdm
-
+def write_cache_header(cache: pathlib.Path, config: Gemma3Config, tokenizer: Tokenizer) -> None:
+    """Writes the config and the tokenizer, the parameters' folder's first files."""
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     tokenizer.save(cache)
+
+
+def write_cache_params(
+    cache: pathlib.Path, params: Iterator[tuple[str, np.ndarray | RowBlocks]], total: int
+) -> None:
+    """Writes one ``.npy`` per parameter after ``write_cache_header``; marks completion last."""
+    from tqdm import tqdm
+
     for path, array in tqdm(params, total=total, desc="Converting weights", unit="tensor"):
         target = cache / (path.replace("/", ".") + ".npy")
         if isinstance(array, RowBlocks):
@@ -451,35 +479,46 @@ def ensure_cache(source: str | os.PathLike | None, cache_dir: str | os.PathLike 
     cache = cache_dir_for(source, root)
     if (cache / _DONE).exists():
         return cache
-    _convert(source, cache)
-    _release_freed_memory()
+    from calrec_core.model.conversion import convert_in_child
+
+    convert_in_child(source, cache)
     return cache
 
 
-def _convert(source: pathlib.Path, cache: pathlib.Path) -> None:
-    """Writes the cache from a GGUF file or HF directory (its reader dies with this frame)."""
+def convert(source: pathlib.Path, folder: pathlib.Path) -> None:
+    """Writes the cache's files into ``folder`` from a GGUF file or HF directory (run by the
+    conversion child, ``calrec_core.model.conversion``).
+
+    For a GGUF, what is large is freed as soon as it is used: the reader's parse of the
+    metadata (about 0.7 GB of small Python objects, one per vocabulary entry and field part)
+    once the config, the vocabulary and the tensors' maps are taken from it, the tokenizer
+    once written; the tensors are then converted one at a time."""
     if source.is_dir():
         config_json = json.loads((source / "config.json").read_text())
         config = hf_config(config_json)
-        tokenizer = hf_tokenizer(source, config_json)
-        params = hf_params(source, config)
-    else:
-        from gguf import GGUFReader
+        write_cache_header(folder, config, hf_tokenizer(source, config_json))
+        write_cache_params(folder, hf_params(source, config), total=len(param_names(config)))
+        return
+    config, vocabulary, tensors = _read_gguf(source)
+    _release_freed_memory()
+    write_cache_header(folder, config, tokenizer_from_vocabulary(vocabulary))
+    del vocabulary
+    _release_freed_memory()
+    write_cache_params(folder, gguf_params(tensors, config), total=len(param_names(config)))
 
-        reader = GGUFReader(str(source))
-        config = gguf_config(reader)
-        tokenizer = gguf_tokenizer(reader)
-        params = gguf_params(reader, config)
-    write_cache(cache, config, params, tokenizer, total=len(param_names(config)))
+
+def _read_gguf(source: pathlib.Path) -> tuple[Gemma3Config, dict, list]:
+    """(config, vocabulary, the reader's tensors) of a GGUF; the reader dies with this frame."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(source))
+    return gguf_config(reader), gguf_vocabulary(reader), list(reader.tensors)
 
 
 def _release_freed_memory() -> None:
-    """Hands the conversion's freed heap back to the system before the weights are loaded.
-
-    Reading a GGUF's metadata makes about 0.8 GB of small Python objects (one per vocabulary
-    entry and field part); glibc keeps the freed heap mapped, which would add to the peak of
-    the load that follows (and its map of the file, until the reader's cycles are collected).
-    Elsewhere (no glibc) this does nothing."""
+    """Hands freed heap back to the system: glibc keeps it mapped, and the conversion's next
+    step would add to it (the reader's cycles are collected first). Elsewhere (no glibc) this
+    does nothing."""
     import ctypes
     import ctypes.util
     import gc
@@ -513,7 +552,8 @@ def load_pretrained_tokenizer(source: str | os.PathLike | None = None,
         return hf_tokenizer(source, json.loads((source / "config.json").read_text()))
     from gguf import GGUFReader
 
-    return gguf_tokenizer(GGUFReader(str(source)))
+    # The reader (and its large parse) is freed before the tokenizer is built.
+    return tokenizer_from_vocabulary(gguf_vocabulary(GGUFReader(str(source))))
 
 
 def load_pretrained(
