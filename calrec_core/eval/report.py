@@ -87,9 +87,10 @@ def metric_panels(panels: dict[str, dict[str, dict]], title: str, path,
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     # Large type: the page shows the figure scaled down to its width.
     with plt.rc_context({"font.size": 13}):
-        columns = min(len(panels), 2)
-        rows = -(-len(panels) // columns)
         panel_width = max(4.5, 0.45 * len(names) * max(len(labels), 1))
+        # Side by side only while that keeps the figure about as tall as wide on the page.
+        columns = min(len(panels), 2) if panel_width <= 6.5 else 1
+        rows = -(-len(panels) // columns)
         figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, 4.2 * rows),
                                     squeeze=False, sharey=True)
         x = np.arange(len(names))
