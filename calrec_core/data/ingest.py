@@ -32,14 +32,19 @@ WORKER_IMAGE_ENV = "CALREC_INGEST_IMAGE"
 _INPUT_ERROR = re.compile(r"[^\s'\"]+: unreadable after line \d+: [^\n'\"\[\]]*")
 
 
-def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str):
-    """Adds every ingestion stage to ``pipeline``; returns the stats PCollection."""
+def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str,
+                         spread_chunks: bool = False):
+    """Adds every ingestion stage to ``pipeline``; returns the stats PCollection.
+
+    spread_chunks: parse each file on every worker (see ReadReviews); run_ingest asks for it
+    on Dataflow.
+    """
     import apache_beam as beam
 
     from calrec_core.data import transforms as t
 
-    reviews = pipeline | "ReadReviews" >> t.ReadReviews(sources)
-    metadata = pipeline | "ReadMetadata" >> t.ReadMetadata(sources)
+    reviews = pipeline | "ReadReviews" >> t.ReadReviews(sources, spread_chunks=spread_chunks)
+    metadata = pipeline | "ReadMetadata" >> t.ReadMetadata(sources, spread_chunks=spread_chunks)
     sequences = reviews["reviews"] | "BuildUserSequences" >> t.BuildUserSequences(
         sources, config.seed)
     items_before_filter = sequences[t.ITEMS_BEFORE_FILTER] | (
@@ -170,6 +175,12 @@ def check_running_mode(options) -> None:
                 "races the writer); leave it out")
 
 
+def _is_dataflow(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+
+
 def _check_output_dir(output_dir: str) -> None:
     import pathlib
 
@@ -251,7 +262,8 @@ def _ingest_into(output_dir: str, sources, config: RolesConfig, options,
     try:
         # Leaving the block waits for the run to finish (on Dataflow, for the job's end state).
         with beam.Pipeline(options=options) as pipeline:
-            add_ingestion_stages(pipeline, sources, config, output_dir)
+            add_ingestion_stages(pipeline, sources, config, output_dir,
+                                 spread_chunks=_is_dataflow(options))
     except Exception as error:
         message = _input_error(error)
         if message is None:

@@ -6,8 +6,9 @@ Files are written by keyed DoFns with sorted contents, so output bytes do not de
 the runner, the worker count or bundle boundaries.
 
 Speed: what costs is Beam moving elements between stages, so nothing per review is an
-element. Files are read in chunks of lines, reshuffled so every worker parses, and parsed
-reviews travel in batches by user bucket; counters are summed per bucket.
+element. Files are read in chunks of lines (on Dataflow reshuffled, so every worker parses),
+parsed reviews travel in batches by user bucket, examples are made where their shard is
+written, and counters are summed per bucket.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def input_error_message(path: str, number: int, error: BaseException) -> str:
 class ReadChunksFn(beam.DoFn):
     """(category, path) -> (category, path, first line number, chunk) over the whole file.
 
-    A chunk is about ``CHUNK_BYTES`` of whole lines: the parsers after the reshuffle get a few
-    large elements rather than one per line, and share a file between workers. Counts the
+    A chunk is about ``CHUNK_BYTES`` of whole lines, so the parser gets a few large elements
+    rather than one per line (see ReadReviews on spreading them over workers). Counts the
     file's lines once (tagged ``counts``). A UTF-8 byte-order mark opening the file is not
     part of its first record, so it is stripped.
     """
@@ -137,14 +138,17 @@ def split_lines(chunk: bytes) -> list[bytes]:
     return lines
 
 
-def _read_chunks(pbegin, label: str, files, metric: str, chunk_bytes: int):
-    """Files -> chunks spread over the workers (a reshuffle), and the counts of lines read."""
+def _read_chunks(pbegin, label: str, files, metric: str, chunk_bytes: int, spread: bool):
+    """Files -> chunks, spread over the workers by a reshuffle if ``spread``, and the counts of
+    lines read."""
     chunks = (
         pbegin
         | f"List{label}Files" >> beam.Create(files)
         | f"Read{label}Chunks" >> beam.ParDo(ReadChunksFn(metric, chunk_bytes)).with_outputs(
             COUNTS, main="chunks")
     )
+    if not spread:
+        return chunks.chunks, chunks[COUNTS]
     return chunks.chunks | f"Spread{label}Chunks" >> beam.Reshuffle(), chunks[COUNTS]
 
 
@@ -210,18 +214,25 @@ class ParseReviewsFn(beam.DoFn):
 
 class ReadReviews(beam.PTransform):
     """Review files -> outputs ``reviews`` (batches, see ParseReviewsFn), ``dead_letter`` and
-    ``counts``."""
+    ``counts``.
+
+    ``spread_chunks`` reshuffles a file's chunks so every worker parses some: worth it where a
+    shuffle is cheap next to parsing (Dataflow). On the DirectRunner every element between
+    stages goes through the runner's one process (over gRPC to its worker processes), so
+    there a file is parsed where it is read and only the compact reviews move.
+    """
 
     def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES,
-                 flush_reviews: int = FLUSH_REVIEWS):
+                 flush_reviews: int = FLUSH_REVIEWS, spread_chunks: bool = False):
         super().__init__()
         self._files = [(source.name, source.reviews_path) for source in sources]
         self._chunk_bytes = chunk_bytes
         self._flush_reviews = flush_reviews
+        self._spread = spread_chunks
 
     def expand(self, pbegin):
         chunks, read_counts = _read_chunks(pbegin, "Review", self._files, "read",
-                                           self._chunk_bytes)
+                                           self._chunk_bytes, self._spread)
         parsed = chunks | "ParseReviewChunks" >> beam.ParDo(
             ParseReviewsFn(self._flush_reviews)).with_outputs(
             COUNTS, DEAD_LETTER, main="reviews"
@@ -257,14 +268,16 @@ class ReadMetadata(beam.PTransform):
     Also outputs ``dead_letter`` and ``counts`` (rows, bad rows, repeated asins).
     """
 
-    def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES,
+                 spread_chunks: bool = False):
         super().__init__()
         self._files = [(s.name, s.meta_path) for s in sources if s.meta_path is not None]
         self._chunk_bytes = chunk_bytes
+        self._spread = spread_chunks  # as ReadReviews
 
     def expand(self, pbegin):
         chunks, read_counts = _read_chunks(pbegin, "Metadata", self._files, "metadata_rows",
-                                           self._chunk_bytes)
+                                           self._chunk_bytes, self._spread)
         parsed = chunks | "ParseMetadataChunks" >> beam.ParDo(ParseMetadataFn()).with_outputs(
             COUNTS, DEAD_LETTER, main="rows"
         )
