@@ -33,18 +33,19 @@ _INPUT_ERROR = re.compile(r"[^\s'\"]+: unreadable after line \d+: [^\n'\"\[\]]*"
 
 
 def add_ingestion_stages(pipeline, sources, config: RolesConfig, output_dir: str,
-                         spread_chunks: bool = False):
+                         spread_chunks: bool = False, file_parts: int = 1):
     """Adds every ingestion stage to ``pipeline``; returns the stats PCollection.
 
-    spread_chunks: parse each file on every worker (see ReadReviews); run_ingest asks for it
-    on Dataflow.
+    spread_chunks, file_parts: how a file is shared between workers (see ReadReviews);
+    run_ingest picks them for the runner (``file_sharing``).
     """
     import apache_beam as beam
 
     from calrec_core.data import transforms as t
 
-    reviews = pipeline | "ReadReviews" >> t.ReadReviews(sources, spread_chunks=spread_chunks)
-    metadata = pipeline | "ReadMetadata" >> t.ReadMetadata(sources, spread_chunks=spread_chunks)
+    sharing = {"spread_chunks": spread_chunks, "file_parts": file_parts}
+    reviews = pipeline | "ReadReviews" >> t.ReadReviews(sources, **sharing)
+    metadata = pipeline | "ReadMetadata" >> t.ReadMetadata(sources, **sharing)
     sequences = reviews["reviews"] | "BuildUserSequences" >> t.BuildUserSequences(
         sources, config.seed)
     items_before_filter = sequences[t.ITEMS_BEFORE_FILTER] | (
@@ -175,10 +176,19 @@ def check_running_mode(options) -> None:
                 "races the writer); leave it out")
 
 
-def _is_dataflow(options) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
+def file_sharing(options) -> dict:
+    """How each input file is shared between the run's workers (see ReadReviews): its chunks
+    reshuffled on Dataflow; on a DirectRunner with N worker processes, N readers that each
+    parse every N-th chunk; otherwise one reader."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+    if "dataflow" in (options.view_as(StandardOptions).runner or "").lower():
+        return {"spread_chunks": True, "file_parts": 1}
+    direct = options.view_as(DirectOptions)
+    workers = direct.direct_num_workers or 1
+    if direct.direct_running_mode == "multi_processing" and workers > 1:
+        return {"spread_chunks": False, "file_parts": workers}
+    return {"spread_chunks": False, "file_parts": 1}
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -262,8 +272,7 @@ def _ingest_into(output_dir: str, sources, config: RolesConfig, options,
     try:
         # Leaving the block waits for the run to finish (on Dataflow, for the job's end state).
         with beam.Pipeline(options=options) as pipeline:
-            add_ingestion_stages(pipeline, sources, config, output_dir,
-                                 spread_chunks=_is_dataflow(options))
+            add_ingestion_stages(pipeline, sources, config, output_dir, **file_sharing(options))
     except Exception as error:
         message = _input_error(error)
         if message is None:

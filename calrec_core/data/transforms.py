@@ -80,12 +80,13 @@ def input_error_message(path: str, number: int, error: BaseException) -> str:
 
 @beam.typehints.with_output_types(Any)
 class ReadChunksFn(beam.DoFn):
-    """(category, path) -> (category, path, first line number, chunk) over the whole file.
+    """(category, path, part, parts) -> (category, path, first line number, chunk) for every
+    ``parts``-th chunk of the file, starting at chunk ``part``.
 
     A chunk is about ``CHUNK_BYTES`` of whole lines, so the parser gets a few large elements
-    rather than one per line (see ReadReviews on spreading them over workers). Counts the
-    file's lines once (tagged ``counts``). A UTF-8 byte-order mark opening the file is not
-    part of its first record, so it is stripped.
+    rather than one per line (see ReadReviews on sharing a file between workers). Part 0
+    counts the file's lines (tagged ``counts``). A UTF-8 byte-order mark opening the file is
+    not part of its first record, so it is stripped.
     """
 
     def __init__(self, metric: str, chunk_bytes: int = CHUNK_BYTES):
@@ -93,8 +94,8 @@ class ReadChunksFn(beam.DoFn):
         self._chunk_bytes = chunk_bytes  # decompressed bytes read at a time
 
     def process(self, source):
-        category, path = source
-        lines = 0
+        category, path, part, parts = source
+        lines = index = 0
         try:
             with open_lines(path) as stream:
                 pending = b""
@@ -105,17 +106,21 @@ class ReadChunksFn(beam.DoFn):
                     cut = block.rfind(b"\n") + 1  # 0: no line has ended in it yet
                     chunk, pending = block[:cut], block[cut:]
                     if chunk:
-                        yield category, path, lines + 1, chunk
+                        if index % parts == part:
+                            yield category, path, lines + 1, chunk
+                        index += 1
                         lines += chunk.count(b"\n")
                 if pending:
-                    yield category, path, lines + 1, pending
+                    if index % parts == part:
+                        yield category, path, lines + 1, pending
                     lines += 1
         except (OSError, EOFError, zlib.error) as error:
             # A damaged compressed stream hides how many lines were lost: stop loudly, naming
             # the last whole line. The message is one line; run_ingest finds it again inside
             # the runner's wrapping.
             raise InputError(input_error_message(path, _readable_lines(path), error)) from error
-        yield beam.pvalue.TaggedOutput(COUNTS, ((category, self._metric), lines))
+        if part == 0:
+            yield beam.pvalue.TaggedOutput(COUNTS, ((category, self._metric), lines))
 
 
 def _readable_lines(path: str) -> int:
@@ -138,15 +143,16 @@ def split_lines(chunk: bytes) -> list[bytes]:
     return lines
 
 
-def _read_chunks(pbegin, label: str, files, metric: str, chunk_bytes: int, spread: bool):
-    """Files -> chunks, spread over the workers by a reshuffle if ``spread``, and the counts of
-    lines read."""
-    chunks = (
-        pbegin
-        | f"List{label}Files" >> beam.Create(files)
-        | f"Read{label}Chunks" >> beam.ParDo(ReadChunksFn(metric, chunk_bytes)).with_outputs(
-            COUNTS, main="chunks")
-    )
+def _read_chunks(pbegin, label: str, files, metric: str, chunk_bytes: int, spread: bool,
+                 parts: int):
+    """Files -> chunks and the counts of lines read; see ReadReviews for ``spread`` and
+    ``parts``."""
+    sources = pbegin | f"List{label}Files" >> beam.Create(
+        [(category, path, part, parts) for category, path in files for part in range(parts)])
+    if parts > 1:
+        sources = sources | f"Spread{label}Parts" >> beam.Reshuffle()
+    chunks = sources | f"Read{label}Chunks" >> beam.ParDo(
+        ReadChunksFn(metric, chunk_bytes)).with_outputs(COUNTS, main="chunks")
     if not spread:
         return chunks.chunks, chunks[COUNTS]
     return chunks.chunks | f"Spread{label}Chunks" >> beam.Reshuffle(), chunks[COUNTS]
@@ -216,23 +222,27 @@ class ReadReviews(beam.PTransform):
     """Review files -> outputs ``reviews`` (batches, see ParseReviewsFn), ``dead_letter`` and
     ``counts``.
 
-    ``spread_chunks`` reshuffles a file's chunks so every worker parses some: worth it where a
-    shuffle is cheap next to parsing (Dataflow). On the DirectRunner every element between
-    stages goes through the runner's one process (over gRPC to its worker processes), so
-    there a file is parsed where it is read and only the compact reviews move.
+    Two ways to share one file between workers: ``spread_chunks`` reshuffles its chunks, so
+    every worker parses some; worth it where a shuffle is cheap next to parsing (Dataflow).
+    On the DirectRunner every element between stages goes through the runner's one process
+    (over gRPC to its worker processes), so there ``file_parts`` (the workers) readers each
+    decompress the whole file but parse only every ``file_parts``-th chunk, and only compact
+    reviews cross the runner.
     """
 
     def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES,
-                 flush_reviews: int = FLUSH_REVIEWS, spread_chunks: bool = False):
+                 flush_reviews: int = FLUSH_REVIEWS, spread_chunks: bool = False,
+                 file_parts: int = 1):
         super().__init__()
         self._files = [(source.name, source.reviews_path) for source in sources]
         self._chunk_bytes = chunk_bytes
         self._flush_reviews = flush_reviews
         self._spread = spread_chunks
+        self._parts = file_parts
 
     def expand(self, pbegin):
         chunks, read_counts = _read_chunks(pbegin, "Review", self._files, "read",
-                                           self._chunk_bytes, self._spread)
+                                           self._chunk_bytes, self._spread, self._parts)
         parsed = chunks | "ParseReviewChunks" >> beam.ParDo(
             ParseReviewsFn(self._flush_reviews)).with_outputs(
             COUNTS, DEAD_LETTER, main="reviews"
@@ -269,15 +279,16 @@ class ReadMetadata(beam.PTransform):
     """
 
     def __init__(self, sources: list[CategorySource], chunk_bytes: int = CHUNK_BYTES,
-                 spread_chunks: bool = False):
+                 spread_chunks: bool = False, file_parts: int = 1):
         super().__init__()
         self._files = [(s.name, s.meta_path) for s in sources if s.meta_path is not None]
         self._chunk_bytes = chunk_bytes
         self._spread = spread_chunks  # as ReadReviews
+        self._parts = file_parts  # as ReadReviews
 
     def expand(self, pbegin):
         chunks, read_counts = _read_chunks(pbegin, "Metadata", self._files, "metadata_rows",
-                                           self._chunk_bytes, self._spread)
+                                           self._chunk_bytes, self._spread, self._parts)
         parsed = chunks | "ParseMetadataChunks" >> beam.ParDo(ParseMetadataFn()).with_outputs(
             COUNTS, DEAD_LETTER, main="rows"
         )

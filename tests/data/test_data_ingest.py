@@ -267,3 +267,17 @@ def test_cli_ingest_and_stats(raw_dir, raw, tmp_path, capsys):
     assert cli.main(["stats", str(tmp_path / "missing")]) == 1
     assert cli.main(["ingest", "--input", str(raw_dir), "--config", str(tmp_path / "nope.yaml"),
                      "--output", str(output)]) == 1
+
+
+@pytest.mark.parametrize(("beam_args", "sharing"), [
+    ([], {"spread_chunks": False, "file_parts": 1}),
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+     {"spread_chunks": False, "file_parts": 2}),
+    (["--runner=DataflowRunner"], {"spread_chunks": True, "file_parts": 1}),
+])
+def test_each_runner_shares_a_file_between_its_workers_its_own_way(beam_args, sharing):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from calrec_core.data.ingest import file_sharing
+
+    assert file_sharing(PipelineOptions(beam_args)) == sharing

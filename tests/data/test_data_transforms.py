@@ -85,7 +85,8 @@ def test_chunk_boundaries_and_batch_flushes_change_no_line(raw_dir, raw):
     counts = [(("A", "read"), 60), (("A", "dead_letter"), 3), (("B", "read"), 60),
               (("B", "dead_letter"), 3)]
     for sizes in ({}, {"chunk_bytes": 7, "flush_reviews": 1},
-                  {"chunk_bytes": 300, "spread_chunks": True}):
+                  {"chunk_bytes": 300, "spread_chunks": True},
+                  {"chunk_bytes": 90, "file_parts": 3}):
         with test_pipeline.TestPipeline() as pipeline:
             out = pipeline | t.ReadReviews(sources, **sizes)
             assert_that(out["reviews"] | beam.FlatMapTuple(lambda key, batch: [
