@@ -137,19 +137,24 @@ def _bad_line_on_any_error(parse):
     return wrapper
 
 
-def _load_review_row(text: str):
-    """``json.loads(text)`` as parse_review uses it, about three times faster: orjson reads the
-    line, and json reads it again where the two differ. orjson refuses what json reads (NaN,
-    lone surrogates, deep nesting, numbers no double holds) and reads an integer of over 64
-    bits as a float: the same number for a time or a rating, but not the same text for a
-    reviewText that is not a string."""
-    try:
-        row = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-    if isinstance(row, dict) and not isinstance(row.get("reviewText", ""), (str, type(None))):
-        return json.loads(text)
-    return row
+def _plain_review(row, line: int) -> Review | None:
+    """The Review of a row orjson read whose fields are the plain types published files hold
+    (a non-blank reviewerID and asin, an int64 time, a finite float rating, a string or no
+    reviewText), or None: parse_review then reads the line with json and checks every rule.
+    orjson reads such a row as json would (it refuses lone surrogates, so its strings need no
+    UTF-8 check), about three times faster."""
+    if type(row) is not dict:
+        return None
+    user_id, asin = row.get("reviewerID"), row.get("asin")
+    timestamp, rating = row.get("unixReviewTime"), row.get("overall")
+    review_text = row.get("reviewText", "")
+    if (type(user_id) is str and type(asin) is str and type(timestamp) is int
+            and type(rating) is float and type(review_text) is str and user_id.strip()
+            and asin.strip() and MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP
+            and math.isfinite(rating)):
+        digest = hashlib.blake2b(review_text.encode("utf-8"), digest_size=16).digest()
+        return Review(user_id, asin, timestamp, rating, digest, line)
+    return None
 
 
 @_bad_line_on_any_error
@@ -157,7 +162,13 @@ def parse_review(raw: bytes, line: int) -> Review:
     """One review line -> ``Review``; raises ``BadLine`` naming what is wrong."""
     text = decode_line(raw)
     try:
-        row = _load_review_row(text)
+        review = _plain_review(orjson.loads(text), line)
+    except orjson.JSONDecodeError:  # not always bad: json reads NaN, lone surrogates, ...
+        review = None
+    if review is not None:
+        return review
+    try:
+        row = json.loads(text)
     except ValueError:
         raise BadLine("malformed_json") from None
     if not isinstance(row, dict):

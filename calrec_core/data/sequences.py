@@ -47,16 +47,20 @@ def user_is_sampled(seed: int, category: str, user_id: str, rate: float) -> bool
     return int.from_bytes(digest.digest(), "big") / 2.0**64 < rate
 
 
+def split_lengths(length: int, role: str) -> dict[str, int]:
+    """How many of a sequence's ``length`` events each split of a role sees (split_by_role)."""
+    return {
+        "pretrain": {"train": length},
+        "validation": {"train": length - 1, "valid": length},
+        "eval": {"train": length - 2, "valid": length - 1, "test": length},
+    }[role]
+
+
 def split_by_role(events: Sequence, role: str) -> dict[str, list]:
     """The prefix of the sequence each split of a role sees (target = last element).
 
     pretrain: train = all n; validation: train = 1..n-1, valid = 1..n;
     eval: train = 1..n-2, valid = 1..n-1 (target n-1), test = 1..n (target n).
     """
-    n = len(events)
-    prefixes = {
-        "pretrain": {"train": n},
-        "validation": {"train": n - 1, "valid": n},
-        "eval": {"train": n - 2, "valid": n - 1, "test": n},
-    }[role]
-    return {split: list(events[:length]) for split, length in prefixes.items()}
+    return {split: list(events[:length])
+            for split, length in split_lengths(len(events), role).items()}

@@ -33,7 +33,7 @@ from calrec_core.data.raw import BadLine, Review, parse_meta, parse_review, prev
 from calrec_core.data.reader import CORPUS_COLUMNS, CORPUS_FILE, MIXTURE_FILE, STATS_FILE
 from calrec_core.data.sequences import (
     chronological,
-    split_by_role,
+    split_lengths,
     strict_dedup,
     user_is_sampled,
 )
@@ -465,7 +465,7 @@ class BuildCorpus(beam.PTransform):
 def user_examples(category: str, user_id: str, events, role: str, texts) -> dict[str, bytes]:
     """A user's sequence -> {split: serialised Example} for each split of the category's role
     (``texts``: (category, asin) -> item text); each split's example is a prefix."""
-    lengths = {split: len(prefix) for split, prefix in split_by_role(events, role).items()}
+    lengths = split_lengths(len(events), role)
     encoded = records.encode_prefix_examples({
         "user_id": user_id,
         "category": category,
