@@ -114,7 +114,10 @@ def _dense_bwd(res, dy):
     # dW contracts the tokens, the major axis of both x and dy. Left alone, XLA's CPU layout
     # transposes dy (often the wider) and then the (O, I) product back to (I, O); fixing
     # x^T as its own array (the barrier keeps it) makes dW one plain (I, T) @ (T, O) matmul.
-    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # (I, T)
+    # Accelerator matmuls take transposed operands as they are: no barrier there.
+    x_t = x.reshape(-1, x.shape[-1]).T  # (I, T)
+    if jax.default_backend() == "cpu":
+        x_t = jax.lax.optimization_barrier(x_t)
     dw = x_t @ dy.reshape(-1, dy.shape[-1])  # (I, O)
     return dy @ w.T, dw
 
