@@ -92,6 +92,39 @@ def rope(x: jax.Array, positions: jax.Array, base: float, scale: float = 1.0) ->
     return x * cos + rotated * sin
 
 
+def dense(x: jax.Array, w: jax.Array, contract: int) -> jax.Array:
+    """x (B, T, *I) times w (*I, *O) over the ``contract`` trailing axes of x -> (B, T, *O)."""
+    lead, inner = x.shape[:-contract], x.shape[-contract:]
+    outer = w.shape[contract:]
+    flat = _dense(x.reshape(*lead, math.prod(inner)), w.reshape(math.prod(inner), -1))
+    return flat.reshape(*lead, *outer)
+
+
+@jax.custom_vjp
+def _dense(x: jax.Array, w: jax.Array) -> jax.Array:  # (..., I) @ (I, O) -> (..., O)
+    return x @ w
+
+
+def _dense_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _dense_bwd(res, dy):
+    x, w = res
+    # dW contracts the tokens, the major axis of both x and dy. Left alone, XLA's CPU layout
+    # transposes dy (often the wider) and then the (O, I) product back to (I, O); fixing
+    # x^T as its own array (the barrier keeps it) makes dW one plain (I, T) @ (T, O) matmul.
+    # Accelerator matmuls take transposed operands as they are: no barrier there.
+    x_t = x.reshape(-1, x.shape[-1]).T  # (I, T)
+    if jax.default_backend() == "cpu":
+        x_t = jax.lax.optimization_barrier(x_t)
+    dw = x_t @ dy.reshape(-1, dy.shape[-1])  # (I, O)
+    return dy @ w.T, dw
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 class Attention(nnx.Module):
     """Grouped-query attention, local (sliding window) or global, through
     jax.nn.dot_product_attention; ``implementation`` is its choice of kernel (None: JAX's
@@ -118,9 +151,9 @@ class Attention(nnx.Module):
         cfg = self.config
         base = cfg.global_rope_base if self.is_global else cfg.local_rope_base
         scale = cfg.global_rope_scale if self.is_global else 1.0
-        q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...].astype(self.dtype))  # (B, T, N, H)
-        k = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...].astype(self.dtype))  # (B, T, K, H)
-        v = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...].astype(self.dtype))  # (B, T, K, H)
+        q = dense(x, self.q_proj[...].astype(self.dtype), 1)  # (B, T, N, H)
+        k = dense(x, self.k_proj[...].astype(self.dtype), 1)  # (B, T, K, H)
+        v = dense(x, self.v_proj[...].astype(self.dtype), 1)  # (B, T, K, H)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         q = rope(self.q_norm(q), positions, base, scale)
         k = rope(self.k_norm(k), positions, base, scale)
@@ -152,7 +185,7 @@ class Attention(nnx.Module):
             q, k.astype(q.dtype), v.astype(q.dtype), mask=allowed[:, None], scale=1.0,
             implementation=self.implementation,
         )  # (B, T, N, H)
-        out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(self.dtype))
+        out = dense(out, self.o_proj[...].astype(self.dtype), 2)  # (B, T, D)
         return out, new_kv, key_positions
 
 
@@ -168,10 +201,10 @@ class MLP(nnx.Module):
         self.down_proj = _param(rngs, init, (f, d), param_dtype, ("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.gate_proj[...].astype(self.dtype)  # (B, T, F)
-        up = x @ self.up_proj[...].astype(self.dtype)  # (B, T, F)
+        gate = dense(x, self.gate_proj[...].astype(self.dtype), 1)  # (B, T, F)
+        up = dense(x, self.up_proj[...].astype(self.dtype), 1)  # (B, T, F)
         hidden = constrain(jax.nn.gelu(gate, approximate=True) * up, ("batch", "length", "act_mlp"))
-        return hidden @ self.down_proj[...].astype(self.dtype)  # (B, T, D)
+        return dense(hidden, self.down_proj[...].astype(self.dtype), 1)  # (B, T, D)
 
 
 class DecoderLayer(nnx.Module):

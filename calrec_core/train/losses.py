@@ -5,6 +5,8 @@ All reductions run in float32 whatever the compute dtype of the network.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -117,8 +119,10 @@ def chunked_target_nll(
         return jnp.moveaxis(x, 1, 0)
 
     def chunk_nll(h, y, m, w):  # (R, C, D), (R, C), (R, C), (V, D) -> ()
-        log_probs = jax.nn.log_softmax(project(h, w).astype(jnp.float32), axis=-1)  # (R, C, V)
-        token = jnp.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]  # (R, C)
+        # log_softmax at the label = logit - logsumexp: no (R, C, V) log-probs are formed, and
+        # the backward pass is one elementwise softmax - one-hot over the logits (no scatter).
+        logits = project(h, w).astype(jnp.float32)  # (R, C, V)
+        token = _label_logit(logits, y) - jax.nn.logsumexp(logits, axis=-1)  # (R, C)
         return -jnp.sum(token * m.astype(jnp.float32))
 
     if padded == chunk:  # One chunk: its logits are all the backward pass needs; keep them.
@@ -131,3 +135,28 @@ def chunked_target_nll(
     xs = (split(picked), split(jnp.pad(labels, pad)), split(jnp.pad(label_mask, pad)))
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
     return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _picked(logits: jax.Array, labels: jax.Array, vocab: int) -> jax.Array:
+    return jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+
+
+def _picked_fwd(logits, labels, vocab):
+    return _picked(logits, labels, vocab), labels
+
+
+def _picked_bwd(vocab, labels, g):
+    # The cotangent as a one-hot select that fuses with the softmax gradient, where the
+    # gather's own transpose would scatter into a zeroed (R, C, V) buffer first.
+    shape = (*labels.shape, vocab)
+    hit = jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1) == labels[..., None]
+    return jnp.where(hit, g[..., None], jnp.zeros((), g.dtype)), None
+
+
+_picked.defvjp(_picked_fwd, _picked_bwd)
+
+
+def _label_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """logits (..., V) at labels (...,) -> (...,), differentiable in the logits."""
+    return _picked(logits, labels, logits.shape[-1])

@@ -163,3 +163,29 @@ def test_config_validation_and_layer_pattern():
             mlp_dim=4,
             layer_types=("full_attention",),
         )
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "contract"), [
+    ((2, 5, 6), (6, 3, 4), 1),  # q/k/v: (B, T, D) x (D, N, H)
+    ((2, 5, 3, 4), (3, 4, 6), 2),  # o: (B, T, N, H) x (N, H, D)
+])
+def test_dense_value_and_gradients_equal_tensordot(x_shape, w_shape, contract):
+    """The projections' custom VJP (its own weight-gradient layout) is tensordot's derivative."""
+    from calrec_core.model.gemma import dense
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    r = jnp.asarray(rng.normal(size=x_shape[:2] + w_shape[contract:]), jnp.float32)
+
+    def ours(x, w):
+        return jnp.sum(dense(x, w, contract) * r)
+
+    def reference(x, w):
+        return jnp.sum(jnp.tensordot(x, w, contract) * r)
+
+    np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-6)
+    for got, want in zip(jax.jit(jax.grad(ours, argnums=(0, 1)))(x, w),
+                         jax.grad(reference, argnums=(0, 1))(x, w), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
