@@ -136,6 +136,7 @@ def plot_losses(run_dirs: Sequence, output, labels: Sequence[str] | None = None)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     labels = list(labels) if labels else [storage.path(run).name for run in run_dirs]
     figure, (nig_axis, tt_axis) = plt.subplots(1, 2, figsize=(11, 4))
@@ -144,14 +145,17 @@ def plot_losses(run_dirs: Sequence, output, labels: Sequence[str] | None = None)
         if not records:
             raise ValueError(f"{run} has no training metrics ({METRICS_FILE})")
         steps = [r["step"] for r in records]
-        nig_axis.plot(steps, [r["nig"] for r in records], label=label)
+        # Points marked on short runs: a one-step run (a short Stage II) is otherwise no line.
+        style = {"label": label, "marker": "o" if len(steps) <= 30 else None, "markersize": 4}
+        nig_axis.plot(steps, [r["nig"] for r in records], **style)
         if any(r.get("contrastive", True) for r in records):
-            tt_axis.plot(steps, [r["tt"] for r in records], label=label)
+            tt_axis.plot(steps, [r["tt"] for r in records], **style)
     nig_axis.set(title="Next-item generation loss $L_{NIG}$", xlabel="step",
                  ylabel="cross-entropy")
     tt_axis.set(title="Target-item contrastive loss $L_{TT}$", xlabel="step", ylabel="InfoNCE")
     for axis in (nig_axis, tt_axis):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         axis.legend()
     figure.tight_layout()
     output = storage.path(output)
