@@ -122,6 +122,12 @@ def dataflow_args(project: str, region: str, temp_location: str, worker_image: s
     return args
 
 
+def _runs_on_dataflow(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+
+
 def dataflow_worker_args(beam_args: Sequence[str]) -> list[str]:
     """``beam_args``, with the workers' container image added for a Dataflow run.
 
@@ -134,13 +140,12 @@ def dataflow_worker_args(beam_args: Sequence[str]) -> list[str]:
     from apache_beam.options.pipeline_options import (
         PipelineOptions,
         SetupOptions,
-        StandardOptions,
         WorkerOptions,
     )
 
     args = list(beam_args)
     options = PipelineOptions(args)
-    if "dataflow" not in (options.view_as(StandardOptions).runner or "").lower():
+    if not _runs_on_dataflow(options):
         return args
     worker = options.view_as(WorkerOptions)
     if (worker.sdk_container_image or worker.worker_harness_container_image
@@ -180,9 +185,9 @@ def file_sharing(options) -> dict:
     """How each input file is shared between the run's workers (see ReadReviews): its chunks
     reshuffled on Dataflow; on a DirectRunner with N worker processes, N readers that each
     parse every N-th chunk; otherwise one reader."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions
 
-    if "dataflow" in (options.view_as(StandardOptions).runner or "").lower():
+    if _runs_on_dataflow(options):
         return {"spread_chunks": True, "file_parts": 1}
     direct = options.view_as(DirectOptions)
     workers = direct.direct_num_workers or 1
